@@ -1,0 +1,33 @@
+# `make run` starts the whole system; `make test` runs every test. Both set up what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: venv services test lint run bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+services:
+	infra/services.sh
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv services lint
+	$(BIN)/pytest -q
+
+run: venv services
+	$(BIN)/localfaas start template.yaml --env-file infra/local.env
+
+bench: venv services
+	$(BIN)/python bench/localfaas_bench.py
+
+clean:
+	rm -rf $(VENV) .localfaas .pytest_cache .ruff_cache

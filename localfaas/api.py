@@ -1,0 +1,187 @@
+"""The Lambda API on the control port (rest-json, as boto3 speaks it), plus localfaas's own
+status and deploy endpoints under /_localfaas/ for the CLI."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from localfaas.invocation import Invocation
+from localfaas.pool import Throttled
+from localfaas.template import FunctionSpec
+
+if TYPE_CHECKING:
+    from localfaas.host import Host
+
+MAX_SYNC_PAYLOAD = 6 * 1024 * 1024
+MAX_ASYNC_PAYLOAD = 1024 * 1024
+
+
+def api_error(status: int, error_type: str, message: str, **extra: Any) -> web.Response:
+    body = {"Type": "User", "message": message, "Message": message, **extra}
+    return web.json_response(body, status=status, headers={"x-amzn-ErrorType": error_type})
+
+
+def _timestamp(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+0000")
+
+
+def function_configuration(spec: FunctionSpec, code_sha256: str, modified: float) -> dict[str, Any]:
+    return {
+        "FunctionName": spec.name,
+        "FunctionArn": spec.arn,
+        "Runtime": spec.runtime,
+        "Role": f"arn:aws:iam::{spec.arn.split(':')[4]}:role/{spec.name}-role",
+        "Handler": spec.handler,
+        "CodeSize": 0,
+        "Description": spec.description,
+        "Timeout": int(spec.timeout),
+        "MemorySize": spec.memory_mb,
+        "LastModified": _timestamp(modified),
+        "CodeSha256": base64.b64encode(bytes.fromhex(code_sha256)).decode(),
+        "Version": "$LATEST",
+        "Environment": {"Variables": dict(spec.environment)},
+        "TracingConfig": {"Mode": "PassThrough"},
+        "State": "Active",
+        "LastUpdateStatus": "Successful",
+        "PackageType": "Zip",
+        "Architectures": ["x86_64"],
+        "EphemeralStorage": {"Size": 512},
+        "Layers": [{"Arn": f"arn:aws:lambda:{spec.region}:000000000000:layer:{d.name}:1",
+                    "CodeSize": 0} for d in spec.layer_dirs],
+        "LoggingConfig": {"LogFormat": "Text", "LogGroup": f"/aws/lambda/{spec.name}"},
+    }
+
+
+class LambdaApi:
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        app = web.Application(client_max_size=MAX_SYNC_PAYLOAD + 1)
+        routes = app.router
+        routes.add_post("/2015-03-31/functions/{name}/invocations", self.invoke)
+        routes.add_get("/2015-03-31/functions", self.list_functions)
+        routes.add_get("/2015-03-31/functions/", self.list_functions)
+        routes.add_get("/2015-03-31/functions/{name}", self.get_function)
+        routes.add_get("/2021-10-31/functions/{name}/url", self.get_url_config)
+        routes.add_get("/_localfaas/status", self.status)
+        routes.add_post("/_localfaas/deploy", self.deploy)
+        self.app = app
+
+    def _function(self, request: web.Request) -> FunctionSpec | web.Response:
+        name = unquote(request.match_info["name"])
+        spec = self.host.function(name)
+        if spec is None:
+            arn = name if name.startswith("arn:") else \
+                f"arn:aws:lambda:{self.host.region}:000000000000:function:{name}"
+            return api_error(404, "ResourceNotFoundException", f"Function not found: {arn}")
+        return spec
+
+    async def invoke(self, request: web.Request) -> web.Response:
+        spec = self._function(request)
+        if isinstance(spec, web.Response):
+            return spec
+        kind = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+        payload = await request.read()
+        if kind == "DryRun":
+            return web.Response(status=204)
+        if kind not in ("RequestResponse", "Event"):
+            return api_error(400, "InvalidParameterValueException", f"invalid invocation type {kind}")
+        limit = MAX_ASYNC_PAYLOAD if kind == "Event" else MAX_SYNC_PAYLOAD
+        if len(payload) > limit:
+            return api_error(413, "RequestTooLargeException",
+                             f"Request must be smaller than {limit} bytes for the InvokeFunction operation")
+        if payload:
+            try:
+                json.loads(payload)
+            except ValueError:
+                return api_error(400, "InvalidRequestContentException",
+                                 "Could not parse request body into json")
+        if kind == "Event":
+            request_id = self.host.invoke_async(spec.name, payload or b"{}")
+            return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
+        tail = request.headers.get("X-Amz-Log-Type") == "Tail"
+        client_context = request.headers.get("X-Amz-Client-Context")
+        invocation = Invocation(
+            payload or b"{}",
+            client_context=base64.b64decode(client_context).decode() if client_context else None,
+            log_lines=[] if tail else None,
+        )
+        try:
+            outcome = await self.host.invoke(spec.name, invocation)
+        except Throttled as throttle:
+            return api_error(429, "TooManyRequestsException", "Rate Exceeded.", Reason=throttle.reason)
+        headers = {"X-Amz-Executed-Version": "$LATEST", "x-amzn-RequestId": outcome.request_id}
+        if outcome.function_error:
+            headers["X-Amz-Function-Error"] = "Unhandled"
+        if tail and invocation.log_lines is not None:
+            text = "\n".join(invocation.log_lines).encode()[-4096:]
+            headers["X-Amz-Log-Result"] = base64.b64encode(text).decode()
+        return web.Response(status=200, body=outcome.body, headers=headers,
+                            content_type=outcome.content_type.split(";")[0])
+
+    async def list_functions(self, request: web.Request) -> web.Response:
+        configurations = [self._configuration(spec) for spec in self.host.functions()]
+        start = int(request.query.get("Marker") or 0)
+        size = int(request.query.get("MaxItems") or 50)
+        page = configurations[start:start + size]
+        body: dict[str, Any] = {"Functions": page}
+        if start + size < len(configurations):
+            body["NextMarker"] = str(start + size)
+        return web.json_response(body)
+
+    async def get_function(self, request: web.Request) -> web.Response:
+        spec = self._function(request)
+        if isinstance(spec, web.Response):
+            return spec
+        body: dict[str, Any] = {
+            "Configuration": self._configuration(spec),
+            "Code": {"RepositoryType": "S3", "Location": spec.code_dir.as_uri()},
+            "Tags": {},
+        }
+        if spec.reserved_concurrency is not None:
+            body["Concurrency"] = {"ReservedConcurrentExecutions": spec.reserved_concurrency}
+        return web.json_response(body)
+
+    async def get_url_config(self, request: web.Request) -> web.Response:
+        spec = self._function(request)
+        if isinstance(spec, web.Response):
+            return spec
+        if spec.url is None:
+            return api_error(404, "ResourceNotFoundException",
+                             f"The resource you requested does not exist. (function {spec.name} has no URL)")
+        created = _timestamp(self.host.started_at)
+        body: dict[str, Any] = {
+            "FunctionUrl": self.host.url_of(spec.name),
+            "FunctionArn": spec.arn,
+            "AuthType": spec.url.auth_type,
+            "CreationTime": created,
+            "LastModifiedTime": created,
+            "InvokeMode": spec.url.invoke_mode,
+        }
+        if spec.url.cors:
+            cors = spec.url.cors
+            body["Cors"] = {
+                "AllowOrigins": list(cors.allow_origins), "AllowMethods": list(cors.allow_methods),
+                "AllowHeaders": list(cors.allow_headers), "ExposeHeaders": list(cors.expose_headers),
+                "AllowCredentials": cors.allow_credentials, "MaxAge": cors.max_age,
+            }
+        return web.json_response(body)
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.host.status())
+
+    async def deploy(self, request: web.Request) -> web.Response:
+        try:
+            changed = await self.host.deploy()
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"deployed": changed})
+
+    def _configuration(self, spec: FunctionSpec) -> dict[str, Any]:
+        pool = self.host.pool(spec.name)
+        return function_configuration(spec, pool.code_sha256, pool.deployed_at)

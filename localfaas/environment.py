@@ -1,0 +1,284 @@
+"""An execution environment: one process running the official runtime interface client
+(`python -m awslambdaric <handler>`) against a Runtime API endpoint of its own.
+
+The environment hands invocations to the runtime's `/next` long-poll, enforces the function's
+timeout (killing the process, as Lambda resets the sandbox), notices a process that dies in the
+middle of an invocation, and writes START/END/REPORT around the function's own output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import datetime
+import enum
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from localfaas.invocation import Invocation, exit_error, report_line, timeout_error
+from localfaas.logs import LogSink
+from localfaas.template import FunctionSpec
+
+if TYPE_CHECKING:
+    from localfaas.runtime_api import RuntimeApi
+
+INIT_TIME_LIMIT = 10.0  # seconds; Lambda's limit for the init phase of on-demand functions
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # The environment must not outlive the host, even if the host is SIGKILLed.
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class State(enum.Enum):
+    INIT = "init"
+    IDLE = "idle"
+    BUSY = "busy"
+    DEAD = "dead"
+
+
+def lambda_environment(spec: FunctionSpec, settings: Mapping[str, str]) -> dict[str, str]:
+    """The variables Lambda sets for a Python function, over the function's own."""
+    python_dirs: list[str] = []
+    for layer in reversed(spec.layer_dirs):  # a later layer overwrites an earlier one
+        version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        site = layer / "python" / "lib" / version / "site-packages"
+        python_dirs += [str(site), str(layer / "python")]
+    bin_dirs = [str(layer / "bin") for layer in spec.layer_dirs]
+    reserved = {
+        "_HANDLER": spec.handler,
+        "AWS_REGION": spec.region,
+        "AWS_DEFAULT_REGION": spec.region,
+        "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}",
+        "AWS_LAMBDA_FUNCTION_NAME": spec.name,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{spec.name}",
+        "LAMBDA_TASK_ROOT": str(spec.code_dir),
+        "LAMBDA_RUNTIME_DIR": str(Path(os.__file__).parent),
+        "TZ": ":UTC",
+    }
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        if settings.get(key):
+            reserved[key] = settings[key]
+    defaults = {
+        "LANG": "en_US.UTF-8",
+        "PATH": os.pathsep.join([*bin_dirs, os.environ.get("PATH", "/usr/bin:/bin")]),
+        "PYTHONPATH": os.pathsep.join(python_dirs),
+    }
+    return defaults | dict(spec.environment) | reserved
+
+
+class Environment:
+    def __init__(self, spec: FunctionSpec, generation: int, variables: Mapping[str, str],
+                 runtime_api: RuntimeApi, logs: LogSink,
+                 on_exit: Callable[[Environment], None]) -> None:
+        self.spec = spec
+        self.generation = generation
+        self.id = uuid.uuid4().hex
+        self.state = State.INIT
+        self.port = 0
+        self.last_used = time.monotonic()
+        self.init_ms: float | None = None
+        self._variables = variables
+        self._runtime_api = runtime_api
+        self._logs = logs
+        self._on_exit = on_exit
+        self._process: asyncio.subprocess.Process | None = None
+        self._spawned_at = 0.0
+        self._current: Invocation | None = None
+        self._queued: Invocation | None = None
+        self._next_waiter: asyncio.Future[Invocation] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._report_init = False
+        self._status: str | None = None
+        self._tasks: tuple[asyncio.Task[None], ...] = ()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def start(self) -> None:
+        self.port = await self._runtime_api.open(self)
+        stream = f"{datetime.datetime.now(datetime.UTC):%Y/%m/%d}/[$LATEST]{self.id}"
+        env = dict(self._variables) | {
+            "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{self.port}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": stream,
+        }
+        self._spawned_at = time.monotonic()
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "awslambdaric", self.spec.handler,
+            cwd=self.spec.code_dir, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        self._tasks = (asyncio.create_task(self._pump_output(self._process.stdout)),
+                       asyncio.create_task(self._watch_exit(self._process)))
+
+    async def invoke(self, invocation: Invocation) -> None:
+        """Hand the invocation to the runtime and wait until it is settled, one way or another."""
+        self.state = State.BUSY
+        self._current = invocation
+        self._status = None
+        if self._next_waiter is not None and not self._next_waiter.done():
+            self._next_waiter.set_result(invocation)
+        else:
+            self._queued = invocation
+            if self.init_ms is None:  # cold: the init phase has a limit of its own
+                self._timer = asyncio.get_running_loop().call_later(
+                    INIT_TIME_LIMIT + self.spec.timeout, self._timed_out, invocation)
+        try:
+            await asyncio.shield(invocation.outcome)
+        finally:
+            self._finish(invocation)
+
+    def _finish(self, invocation: Invocation) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        elapsed = (time.monotonic() - invocation.started_at) * 1000 if invocation.started_at else 0.0
+        if not invocation.started_at:  # settled before the runtime took it (init failed)
+            self._log(f"START RequestId: {invocation.request_id} Version: $LATEST")
+        self._log(f"END RequestId: {invocation.request_id}")
+        self._log(report_line(invocation.request_id, elapsed, self.spec.memory_mb, self._max_memory_mb(),
+                              self.init_ms if self._report_init else None, self._status))
+        self._report_init = False
+        self._current = None
+        self.last_used = time.monotonic()
+        if self.state is State.BUSY:
+            self.state = State.IDLE
+
+    # -- called by the Runtime API ------------------------------------------------------------
+
+    async def next_invocation(self) -> Invocation:
+        if self.init_ms is None:
+            self.init_ms = (time.monotonic() - self._spawned_at) * 1000
+            self._report_init = True
+            if self.state is State.INIT:
+                self.state = State.IDLE
+        if self._queued is not None:
+            invocation, self._queued = self._queued, None
+        else:
+            self._next_waiter = asyncio.get_running_loop().create_future()
+            invocation = await self._next_waiter
+            self._next_waiter = None
+        if self._timer is not None:
+            self._timer.cancel()
+        invocation.started_at = time.monotonic()
+        invocation.deadline_ms = int((time.time() + self.spec.timeout) * 1000)
+        self._timer = asyncio.get_running_loop().call_later(
+            self.spec.timeout, self._timed_out, invocation)
+        self._log(f"START RequestId: {invocation.request_id} Version: $LATEST")
+        return invocation
+
+    def current_request_id(self) -> str | None:
+        return self._current.request_id if self._current else None
+
+    def respond(self, body: bytes, content_type: str) -> None:
+        assert self._current is not None
+        self._current.succeed(body, content_type)
+
+    def report_error(self, body: bytes) -> None:
+        assert self._current is not None
+        self._current.fail_with_body(body)
+
+    def report_init_error(self, body: bytes) -> None:
+        init_ms = (time.monotonic() - self._spawned_at) * 1000
+        try:
+            error_type = json.loads(body).get("errorType", "Runtime.Unknown")
+        except (ValueError, AttributeError):
+            error_type = "Runtime.Unknown"
+        self._log(f"INIT_REPORT Init Duration: {init_ms:.2f} ms\tPhase: init\tStatus: error\t"
+                  f"Error Type: {error_type}")
+        self._status = "error"
+        self.state = State.DEAD  # awslambdaric exits after reporting; never reuse this one
+        invocation = self._current
+        if invocation is not None:
+            invocation.fail_with_body(body)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Kill the process; the exit watcher then closes the endpoint and tells the pool."""
+        if self.state is not State.DEAD:
+            self.state = State.DEAD
+            self._kill()
+        if self._next_waiter is not None and not self._next_waiter.done():
+            self._next_waiter.cancel()
+
+    async def wait_closed(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _kill(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+
+    def _timed_out(self, invocation: Invocation) -> None:
+        self._timer = None
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        self._log(f"{stamp} {invocation.request_id} Task timed out after {self.spec.timeout:.2f} seconds")
+        self._status = "timeout"
+        self.state = State.DEAD
+        self._kill()
+        invocation.fail(timeout_error(invocation.request_id, self.spec.timeout))
+
+    async def _watch_exit(self, process: asyncio.subprocess.Process) -> None:
+        returncode = await process.wait()
+        self.state = State.DEAD
+        invocation = self._current
+        if invocation is not None and not invocation.outcome.done():
+            document = exit_error(invocation.request_id, returncode)
+            self._log(str(document["errorMessage"]))
+            self._log("Runtime.ExitError")
+            self._status = "error"
+            invocation.fail(document)
+        if self._next_waiter is not None and not self._next_waiter.done():
+            self._next_waiter.cancel()
+        await self._runtime_api.close(self)
+        self._on_exit(self)
+
+    async def _pump_output(self, stream: asyncio.StreamReader | None) -> None:
+        assert stream is not None
+        pending = b""
+        while chunk := await stream.read(65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                self._function_output(line)
+        if pending:
+            self._function_output(pending)
+
+    def _function_output(self, raw: bytes) -> None:
+        # awslambdaric ends the lines of one multi-line record with \r so that CloudWatch keeps
+        # it as one event; the console shows them as lines.
+        for text in raw.decode("utf-8", "replace").split("\r"):
+            if text:
+                self._log(text)
+
+    def _log(self, text: str) -> None:
+        self._logs.line(self.spec.name, text)
+        if self._current is not None and self._current.log_lines is not None:
+            self._current.log_lines.append(text)
+
+    def _max_memory_mb(self) -> int:
+        try:
+            with open(f"/proc/{self.pid}/status", "rb") as status:
+                for line in status:
+                    if line.startswith(b"VmHWM:"):
+                        return int(line.split()[1]) // 1024
+        except (OSError, ValueError):
+            pass
+        return 0

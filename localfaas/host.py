@@ -1,0 +1,251 @@
+"""The host: loads the template, owns the function pools and every listener (Runtime API,
+function URLs, the control port), the MQ event source mappings and the schedules."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from aiohttp import web
+
+from localfaas.api import LambdaApi
+from localfaas.invocation import Invocation, Outcome, new_request_id
+from localfaas.logs import LogSink
+from localfaas.pool import FunctionPool
+from localfaas.runtime_api import RuntimeApi
+from localfaas.template import FunctionSpec, Template, host_settings, load_template
+from localfaas.urls import FunctionUrl
+
+
+@dataclass
+class HostConfig:
+    template: Path
+    env_file: Path | None = None
+    parameter_overrides: Mapping[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 4566
+    url_port_base: int | None = None  # None: the ports after the control port (ephemeral if 0)
+    run_dir: Path = Path(".localfaas")
+    default_concurrency: int = 10
+    idle_seconds: float = 300.0
+    async_retry_seconds: float = 60.0  # Lambda waits ~1 min, then ~2 min, between async retries
+    minute_seconds: float = 60.0  # shorten schedule rates for development
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+class Host:
+    def __init__(self, config: HostConfig, console: TextIO | None = None) -> None:
+        self.config = config
+        self.settings = host_settings(config.env_file)
+        self.logs = LogSink(config.run_dir / "logs", console)
+        self.runtime_api = RuntimeApi()
+        self.started_at = time.time()
+        self._control_socket = _listen(config.host, config.port)
+        self._url_sockets: dict[str, socket.socket] = {}
+        self.template: Template = self._load_template()
+        self.region = next(iter(self.template.functions.values())).region \
+            if self.template.functions else "us-east-1"
+        self._pools = {name: FunctionPool(spec, self.settings, self.runtime_api, self.logs,
+                                          config.default_concurrency)
+                       for name, spec in self.template.functions.items()}
+        self._runners: list[web.BaseRunner] = []
+        self._mappings: list[Any] = []  # MqMapping, imported only when a template has MQ events
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _load_template(self) -> Template:
+        return load_template(self.config.template, self.settings, self.config.parameter_overrides,
+                             self._url_for)
+
+    def _url_for(self, logical_id: str) -> str:
+        if logical_id not in self._url_sockets:
+            if self.config.url_port_base is not None:
+                port = self.config.url_port_base + len(self._url_sockets)
+            else:
+                port = self.config.port + 1 + len(self._url_sockets) if self.config.port else 0
+            self._url_sockets[logical_id] = _listen(self.config.host, port)
+        port = self._url_sockets[logical_id].getsockname()[1]
+        return f"http://{self.config.host}:{port}/"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.config.host}:{self._control_socket.getsockname()[1]}"
+
+    async def start(self) -> None:
+        await self.runtime_api.setup()
+        api_runner = web.AppRunner(LambdaApi(self).app, access_log=None, handle_signals=False)
+        await api_runner.setup()
+        await web.SockSite(api_runner, self._control_socket).start()
+        self._runners.append(api_runner)
+        for spec in self.template.functions.values():
+            if spec.url is None:
+                continue
+            url = FunctionUrl(lambda name=spec.name: self._pools[name].spec, self._invoke_url)
+            runner = web.ServerRunner(web.Server(url.handle), access_log=None, handle_signals=False)
+            await runner.setup()
+            await web.SockSite(runner, self._url_sockets[spec.logical_id]).start()
+            self._runners.append(runner)
+        loop = asyncio.get_running_loop()
+        broker_url = self.settings.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+        for spec in self.template.functions.values():
+            for event in spec.mq_events:
+                if not event.enabled:
+                    continue
+                from localfaas.mq import MqMapping  # pika is loaded only when it is needed
+
+                mapping = MqMapping(spec.name, event, broker_url, self._mq_invoker(spec.name),
+                                    loop, self.logs)
+                mapping.start()
+                self._mappings.append(mapping)
+            for schedule in spec.schedule_events:
+                if schedule.enabled:
+                    from localfaas.schedule import Scheduler
+
+                    scheduler = Scheduler(spec.name, schedule, self._fire_schedule, self.region,
+                                          self.config.minute_seconds)
+                    self._spawn(scheduler.run())
+        self._spawn(self._housekeeping())
+        self._write_state()
+        self._announce()
+
+    def _announce(self) -> None:
+        for warning in self.template.warnings:
+            self.logs.host(f"warning: {warning}")
+        for spec in self.template.functions.values():
+            url = self.url_of(spec.name) if spec.url else "(no URL)"
+            self.logs.host(f"function {spec.name}: {url}")
+            for event in spec.mq_events:
+                self.logs.host(f"  mq {event.name}: queue {event.queue} on vhost {event.virtual_host}, "
+                               f"batch {event.batch_size}, window {event.window_seconds}s")
+            for schedule in spec.schedule_events:
+                self.logs.host(f"  schedule {schedule.name}: {schedule.expression}")
+        for name, value in self.template.outputs.items():
+            self.logs.host(f"output {name}: {value}")
+        self.logs.host(f"Lambda API on {self.endpoint} (run folder {self.config.run_dir})")
+
+    def _write_state(self) -> None:
+        state = {
+            "pid": os.getpid(),
+            "endpoint": self.endpoint,
+            "urls": {spec.name: self.url_of(spec.name)
+                     for spec in self.template.functions.values() if spec.url},
+            "outputs": self.template.outputs,
+            "warnings": self.template.warnings,
+        }
+        path = self.config.run_dir / "state.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(path)
+
+    async def stop(self) -> None:
+        for mapping in self._mappings:
+            await asyncio.get_running_loop().run_in_executor(None, mapping.stop)
+        for task in self._background:
+            task.cancel()
+        for pool in self._pools.values():
+            await pool.stop()
+        for runner in self._runners:
+            await runner.cleanup()
+        await self.runtime_api.shutdown()
+        self.logs.close()
+        (self.config.run_dir / "state.json").unlink(missing_ok=True)
+
+    # -- invoking -----------------------------------------------------------------------------
+
+    def function(self, name: str) -> FunctionSpec | None:
+        spec = self.template.function(name)
+        return self._pools[spec.name].spec if spec else None
+
+    def functions(self) -> list[FunctionSpec]:
+        return [pool.spec for pool in self._pools.values()]
+
+    def pool(self, name: str) -> FunctionPool:
+        return self._pools[name]
+
+    def url_of(self, name: str) -> str:
+        return self._url_for(self._pools[name].spec.logical_id)
+
+    async def invoke(self, name: str, invocation: Invocation, *,
+                     wait_for_capacity: bool = False) -> Outcome:
+        return await self._pools[name].invoke(invocation, wait_for_capacity=wait_for_capacity)
+
+    async def _invoke_url(self, spec: FunctionSpec, invocation: Invocation) -> Outcome:
+        return await self._pools[spec.name].invoke(invocation)
+
+    def _mq_invoker(self, name: str):
+        async def invoke(payload: bytes) -> Outcome:
+            return await self.invoke(name, Invocation(payload), wait_for_capacity=True)
+
+        return invoke
+
+    def invoke_async(self, name: str, payload: bytes) -> str:
+        """Queue an Event invocation; like Lambda, retry a failed one twice, waiting between."""
+        request_id = new_request_id()
+        self._spawn(self._run_async(name, payload, request_id))
+        return request_id
+
+    async def _run_async(self, name: str, payload: bytes, request_id: str) -> None:
+        delays = (self.config.async_retry_seconds, 2 * self.config.async_retry_seconds)
+        for attempt in range(3):
+            invocation = Invocation(payload, request_id=request_id)
+            outcome = await self.invoke(name, invocation, wait_for_capacity=True)
+            if outcome.ok or attempt == 2:
+                return
+            self.logs.host(f"{name}: async invocation {request_id} failed "
+                           f"({outcome.error_type}); retrying in {delays[attempt]:.0f}s")
+            await asyncio.sleep(delays[attempt])
+
+    def _fire_schedule(self, name: str, payload: bytes) -> None:
+        self.invoke_async(name, payload)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.logs.flush()
+            for pool in self._pools.values():
+                await pool.reap_idle(self.config.idle_seconds)
+
+    # -- control ------------------------------------------------------------------------------
+
+    async def deploy(self) -> list[str]:
+        """Re-read the template and switch every function whose code or configuration changed."""
+        template = self._load_template()
+        changed = []
+        for name, pool in self._pools.items():
+            spec = template.functions.get(name)
+            if spec is not None and await pool.deploy(spec):
+                changed.append(name)
+                self.logs.host(f"deployed {name} (generation {pool.generation})")
+        return changed
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "functions": {
+                name: {**pool.counts(),
+                       "url": self.url_of(name) if pool.spec.url else None,
+                       "timeout": pool.spec.timeout}
+                for name, pool in self._pools.items()
+            },
+            "mappings": [mapping.status() for mapping in self._mappings],
+        }

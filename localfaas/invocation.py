@@ -1,0 +1,117 @@
+"""One invocation of a function: what goes in, what comes out, and the error documents Lambda
+produces itself (timeouts, runtime exits), shaped as LAMBDA_REFERENCE.md section 2 describes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def new_trace_id() -> str:
+    return f"Root=1-{int(time.time()):08x}-{os.urandom(12).hex()};Parent={os.urandom(8).hex()};Sampled=0"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the caller of Invoke sees. `function_error` maps to `X-Amz-Function-Error: Unhandled`."""
+
+    request_id: str
+    body: bytes
+    content_type: str = "application/json"
+    function_error: bool = False
+    error_type: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.function_error
+
+    def json(self) -> object:
+        return json.loads(self.body) if self.body else None
+
+
+@dataclass
+class Invocation:
+    payload: bytes
+    content_type: str = "application/json"
+    client_context: str | None = None
+    request_id: str = field(default_factory=new_request_id)
+    trace_id: str = field(default_factory=new_trace_id)
+    outcome: asyncio.Future[Outcome] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+    log_lines: list[str] | None = None  # collected only when the caller asked for Tail
+    started_at: float = 0.0  # monotonic, set when the runtime receives the event
+    deadline_ms: int = 0  # epoch milliseconds, sent to the runtime as Lambda-Runtime-Deadline-Ms
+
+    def finish(self, outcome: Outcome) -> bool:
+        """Settle the invocation once; later reports (a crash after a timeout, say) are ignored."""
+        if self.outcome.done():
+            return False
+        self.outcome.set_result(outcome)
+        return True
+
+    def succeed(self, body: bytes, content_type: str) -> bool:
+        return self.finish(Outcome(self.request_id, body, content_type or "application/json"))
+
+    def fail(self, document: dict[str, object]) -> bool:
+        return self.finish(Outcome(
+            self.request_id, json.dumps(document).encode(), "application/json",
+            function_error=True, error_type=str(document.get("errorType") or "Unhandled"),
+        ))
+
+    def fail_with_body(self, body: bytes) -> bool:
+        try:
+            error_type = str(json.loads(body).get("errorType") or "Unhandled")
+        except (ValueError, AttributeError):
+            error_type = "Unhandled"
+        return self.finish(Outcome(self.request_id, body, "application/json", True, error_type))
+
+
+def timeout_error(request_id: str, timeout: float) -> dict[str, object]:
+    return {
+        "errorType": "Sandbox.Timedout",
+        "errorMessage": f"RequestId: {request_id} Error: Task timed out after {timeout:.2f} seconds",
+    }
+
+
+def exit_error(request_id: str, returncode: int | None) -> dict[str, object]:
+    if returncode is not None and returncode < 0:
+        import signal
+
+        reason = f"Runtime exited with error: signal: {_signal_word(signal.Signals(-returncode))}"
+    elif returncode:
+        reason = f"Runtime exited with error: exit status {returncode}"
+    else:
+        reason = "Runtime exited without providing a reason"
+    return {"errorType": "Runtime.ExitError", "errorMessage": f"RequestId: {request_id} Error: {reason}"}
+
+
+def _signal_word(sig: object) -> str:
+    # Go's os.ProcessState wording, which is what Lambda's own messages use.
+    words = {"SIGKILL": "killed", "SIGTERM": "terminated", "SIGSEGV": "segmentation fault",
+             "SIGABRT": "aborted", "SIGINT": "interrupt"}
+    name = getattr(sig, "name", str(sig))
+    return words.get(name, name.lower())
+
+
+def report_line(request_id: str, duration_ms: float, memory_mb: int, max_memory_mb: int,
+                init_ms: float | None, status: str | None = None) -> str:
+    parts = [
+        f"REPORT RequestId: {request_id}",
+        f"Duration: {duration_ms:.2f} ms",
+        f"Billed Duration: {max(1, int(-(-duration_ms // 1)))} ms",
+        f"Memory Size: {memory_mb} MB",
+        f"Max Memory Used: {max_memory_mb} MB",
+    ]
+    if init_ms is not None:
+        parts.append(f"Init Duration: {init_ms:.2f} ms")
+    if status:
+        parts.append(f"Status: {status}")
+    return "\t".join(parts) + "\t"

@@ -1,0 +1,212 @@
+"""Execution environments through the real host: context, variables, layers, cold and warm
+starts, timeouts, crashes, init errors, the concurrency cap, deploys and shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.localfaas.conftest import FIXTURES, RunningHost, start_host
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory):
+    running = start_host(FIXTURES / "template.yaml", tmp_path_factory.mktemp("envs"),
+                         overrides={"Greeting": "hi"})
+    yield running
+    running.stop()
+
+
+def invoke_json(host: RunningHost, name: str, payload: object = None) -> tuple[dict, dict]:
+    status, headers, body = host.invoke(name, payload)
+    assert status == 200, body
+    return json.loads(body), headers
+
+
+def test_context_and_remaining_time(host: RunningHost) -> None:
+    result, headers = invoke_json(host, "Echo", {"hello": "there"})
+    context = result["context"]
+    assert result["event"] == {"hello": "there"}
+    assert context["aws_request_id"] == headers["x-amzn-RequestId"]
+    assert context["function_name"] == "Echo"
+    assert context["function_version"] == "$LATEST"
+    assert context["memory_limit_in_mb"] == "256"
+    assert context["invoked_function_arn"] == "arn:aws:lambda:us-east-1:000000000000:function:Echo"
+    assert context["log_group_name"] == "/aws/lambda/Echo"
+    assert re.fullmatch(r"\d{4}/\d{2}/\d{2}/\[\$LATEST\][0-9a-f]{32}", context["log_stream_name"])
+    assert 4000 < context["remaining_ms"] <= 5000  # Timeout 5 from Globals
+
+
+def test_environment_variables(host: RunningHost) -> None:
+    env = invoke_json(host, "Echo")[0]["env"]
+    assert env["AWS_LAMBDA_FUNCTION_NAME"] == "Echo"
+    assert env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "256"
+    assert env["AWS_LAMBDA_FUNCTION_VERSION"] == "$LATEST"
+    assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "us-east-1"
+    assert env["AWS_EXECUTION_ENV"] == "AWS_Lambda_python3.12"
+    assert env["_HANDLER"] == "app.echo"
+    assert Path(env["LAMBDA_TASK_ROOT"]) == FIXTURES / "basic"
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", env["AWS_LAMBDA_RUNTIME_API"])
+    assert env["_X_AMZN_TRACE_ID"].startswith("Root=1-")
+    # Globals merged with the function's own; parameters and intrinsics resolved.
+    assert env["FIXTURE_GLOBAL"] == "global-value"
+    assert env["FIXTURE_OVERRIDDEN"] == "local"
+    assert env["FIXTURE_GREETING"] == "hi"
+    assert env["FIXTURE_SUB"] == "us-east-1-hi"
+    assert env["FIXTURE_WEB_URL"] == host.urls["Web"]
+
+
+def test_layer_is_on_the_path(host: RunningHost) -> None:
+    result = invoke_json(host, "Echo")[0]
+    assert result["greeting"] == "hello from the layer"
+    assert str(FIXTURES / "layer" / "python") in result["sys_path"]
+
+
+def test_cold_start_then_warm_reuse(host: RunningHost) -> None:
+    first = invoke_json(host, "Echo")[0]
+    second = invoke_json(host, "Echo")[0]
+    assert second["pid"] == first["pid"] == second["init_pid"]  # init ran once, in that process
+    assert second["invocations_in_this_environment"] == first["invocations_in_this_environment"] + 1
+    log = host.wait_for_log("Echo", second["context"]["aws_request_id"])
+    reports = [line for line in log.splitlines() if line.startswith("REPORT")]
+    assert "Init Duration:" in reports[0]
+    assert all("Init Duration" not in line for line in reports[1:])
+    assert re.fullmatch(r"REPORT RequestId: \S+\tDuration: \d+\.\d\d ms\tBilled Duration: \d+ ms\t"
+                        r"Memory Size: 256 MB\tMax Memory Used: \d+ MB\t(Init Duration: \d+\.\d\d ms\t)?",
+                        reports[0])
+
+
+def test_timeout_kills_and_replaces_the_environment(host: RunningHost) -> None:
+    before = invoke_json(host, "Behave")[0]["pid"]
+    started = time.monotonic()
+    status, headers, body = host.invoke("Behave", {"sleep": 10})
+    assert time.monotonic() - started < 5
+    assert status == 200 and headers["X-Amz-Function-Error"] == "Unhandled"
+    error = json.loads(body)
+    assert error["errorType"] == "Sandbox.Timedout"
+    assert error["errorMessage"] == (f"RequestId: {headers['x-amzn-RequestId']} Error: "
+                                     "Task timed out after 2.00 seconds")
+    host.wait_for_log("Behave", "Task timed out after 2.00 seconds")
+    after = invoke_json(host, "Behave")[0]["pid"]
+    assert after != before
+    with pytest.raises(ProcessLookupError):
+        os.kill(before, 0)
+
+
+def test_crash_fails_only_that_invocation(host: RunningHost) -> None:
+    status, headers, body = host.invoke("Behave", {"exit": 3})
+    error = json.loads(body)
+    assert headers["X-Amz-Function-Error"] == "Unhandled"
+    assert error == {"errorType": "Runtime.ExitError",
+                     "errorMessage": f"RequestId: {headers['x-amzn-RequestId']} Error: "
+                                     "Runtime exited with error: exit status 3"}
+    assert invoke_json(host, "Behave")[0]["ok"] is True
+
+
+def test_handler_exception_is_a_function_error(host: RunningHost) -> None:
+    status, headers, body = host.invoke("Behave", {"raise": "missing"})
+    error = json.loads(body)
+    assert headers["X-Amz-Function-Error"] == "Unhandled"
+    assert error["errorType"] == "KeyError" and error["errorMessage"] == "'missing'"
+    assert error["requestId"] == headers["x-amzn-RequestId"]
+    assert any("raise KeyError" in frame for frame in error["stackTrace"])
+
+
+def test_init_error_is_reported_and_not_cached(host: RunningHost) -> None:
+    for _ in range(2):
+        status, headers, body = host.invoke("Broken")
+        error = json.loads(body)
+        assert headers["X-Amz-Function-Error"] == "Unhandled"
+        assert error["errorType"] == "Runtime.ImportModuleError"
+        assert "module_that_does_not_exist" in error["errorMessage"]
+    assert "Phase: init\tStatus: error\tError Type: Runtime.ImportModuleError" in host.log("Broken")
+
+
+def test_concurrency_cap_throttles(host: RunningHost) -> None:
+    slow = threading.Thread(target=host.invoke, args=("Capped", {"sleep": 2}))
+    slow.start()
+    deadline = time.monotonic() + 5
+    while host.status()["functions"]["Capped"]["busy"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status, headers, body = host.invoke("Capped", {})
+    slow.join()
+    assert status == 429
+    assert headers["x-amzn-ErrorType"] == "TooManyRequestsException"
+    assert json.loads(body)["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded"
+    assert host.invoke("Capped", {})[0] == 200  # capacity is back once the first one finished
+
+
+def test_status_reports_environments(host: RunningHost) -> None:
+    invoke_json(host, "Echo")
+    result = host.cli("status")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^Echo\s+\d+\s+\d+\s+0\s+10\s+\d+\s+-$", result.stdout, re.M)
+    assert host.status()["functions"]["Echo"]["warm"] >= 1
+
+
+def test_cli_invoke(host: RunningHost) -> None:
+    result = host.cli("invoke", "Behave", "--payload", '{"n": 1}')
+    assert result.returncode == 0 and json.loads(result.stdout)["ok"] is True
+    failed = host.cli("invoke", "Behave", "--payload", '{"raise": "x"}')
+    assert failed.returncode == 1 and json.loads(failed.stdout)["errorType"] == "KeyError"
+
+
+def test_deploy_swaps_code_without_failing_in_flight(localfaas, tmp_path: Path) -> None:
+    code = tmp_path / "fixtures"
+    shutil.copytree(FIXTURES, code)
+    host = localfaas(code / "template.yaml")
+    app = code / "basic" / "app.py"
+    results: list[tuple[int, dict, bytes]] = []
+    in_flight = threading.Thread(target=lambda: results.append(host.invoke("Capped", {"sleep": 2})))
+    warm = json.loads(host.invoke("Behave", {})[2])
+    in_flight.start()
+    time.sleep(0.5)
+    app.write_text(app.read_text().replace('"version": os.environ.get("FIXTURE_VERSION", "1")',
+                                           '"version": "2"'))
+    deployed = host.cli("deploy")
+    assert deployed.returncode == 0, deployed.stderr
+    assert "Capped" in deployed.stdout and "Behave" in deployed.stdout
+    fresh = json.loads(host.invoke("Behave", {})[2])
+    assert fresh["version"] == "2" and fresh["pid"] != warm["pid"]
+    in_flight.join()
+    status, headers, body = results[0]
+    assert status == 200 and "X-Amz-Function-Error" not in headers
+    assert json.loads(body)["version"] == "1"  # finished on the old code
+    assert host.cli("deploy").stdout.strip() == "deployed: nothing changed"
+
+
+def test_unsupported_template_parts_are_reported(localfaas, tmp_path: Path) -> None:
+    template = (FIXTURES / "template.yaml").read_text().replace(
+        "      Handler: app.behave\n      Timeout: 2\n",
+        "      Handler: app.behave\n      Timeout: 2\n      SnapStart: {ApplyOn: PublishedVersions}\n"
+        "      Policies: [AWSLambdaBasicExecutionRole]\n"
+        "      Events:\n        Api:\n          Type: Api\n          Properties: {Path: /x, Method: get}\n",
+    ).replace("Outputs:", "  Queue:\n    Type: AWS::SQS::Queue\n\nOutputs:")
+    code = tmp_path / "fixtures"
+    shutil.copytree(FIXTURES, code)
+    (code / "template.yaml").write_text(template)
+    host = localfaas(code / "template.yaml")
+    console = host.console()
+    for expected in ("function Behave: property SnapStart is not supported",
+                     "function Behave: property Policies has no local effect",
+                     "function Behave: event Api of type Api is not supported",
+                     "resource Queue: type AWS::SQS::Queue is not supported"):
+        assert expected in console
+        assert any(expected in warning for warning in host.warnings)
+
+
+def test_sigterm_leaves_no_processes(localfaas) -> None:
+    host = localfaas()
+    pids = [json.loads(host.invoke(name, {})[2])["pid"] for name in ("Echo", "Behave")]
+    assert host.stop() == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert "stopping" in host.console()
