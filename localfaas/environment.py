@@ -105,6 +105,8 @@ class Environment:
         self._report_init = False
         self._status: str | None = None
         self._tasks: tuple[asyncio.Task[None], ...] = ()
+        self._memory_mb = 0
+        self._memory_read_at = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -274,6 +276,16 @@ class Environment:
             self._current.log_lines.append(text)
 
     def _max_memory_mb(self) -> int:
+        # VmHWM is the process's peak; reading /proc on every invocation of a busy function
+        # costs more than the figure is worth, so it is refreshed at most twice a second.
+        now = time.monotonic()
+        if now - self._memory_read_at < 0.5:
+            return self._memory_mb
+        self._memory_read_at = now
+        self._memory_mb = self._read_peak_memory_mb() or self._memory_mb
+        return self._memory_mb
+
+    def _read_peak_memory_mb(self) -> int:
         try:
             with open(f"/proc/{self.pid}/status", "rb") as status:
                 for line in status:

@@ -97,6 +97,7 @@ class Host:
             url = FunctionUrl(lambda name=spec.name: self._pools[name].spec, self._invoke_url)
             runner = web.ServerRunner(web.Server(url.handle), access_log=None, handle_signals=False)
             await runner.setup()
+            self._url_for(spec.logical_id)  # binds the socket if no !GetAtt asked for it yet
             await web.SockSite(runner, self._url_sockets[spec.logical_id]).start()
             self._runners.append(runner)
         loop = asyncio.get_running_loop()

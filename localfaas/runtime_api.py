@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from localfaas.environment import Environment
 
 PREFIX = "/2018-06-01/runtime"
+_NEXT = f"{PREFIX}/invocation/next"
+_INVOCATION = f"{PREFIX}/invocation/"
+_INIT_ERROR = f"{PREFIX}/init/error"
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024 + 100
 
 
@@ -33,12 +36,10 @@ class RuntimeApi:
     def __init__(self) -> None:
         self._environments: dict[int, Environment] = {}
         self._sites: dict[int, web.SockSite] = {}
-        app = web.Application(client_max_size=MAX_RESPONSE_BYTES + 1024 * 1024)
-        app.router.add_get(f"{PREFIX}/invocation/next", self._next)
-        app.router.add_post(f"{PREFIX}/invocation/{{request_id}}/response", self._response)
-        app.router.add_post(f"{PREFIX}/invocation/{{request_id}}/error", self._invocation_error)
-        app.router.add_post(f"{PREFIX}/init/error", self._init_error)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # A bare aiohttp Server: four fixed paths on the hot path of every invocation do not
+        # need the Application router and middleware machinery.
+        server = web.Server(self._dispatch, client_max_size=MAX_RESPONSE_BYTES + 1024 * 1024)
+        self._runner = web.ServerRunner(server, access_log=None, handle_signals=False)
 
     async def setup(self) -> None:
         await self._runner.setup()
@@ -63,11 +64,25 @@ class RuntimeApi:
         if site is not None:
             await site.stop()
 
-    def _environment(self, request: web.Request) -> Environment | None:
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        if path == _NEXT and request.method == "GET":
+            return await self._next(request)
+        if path.startswith(_INVOCATION) and request.method == "POST":
+            request_id, _, action = path[len(_INVOCATION):].partition("/")
+            if action == "response":
+                return await self._response(request, request_id)
+            if action == "error":
+                return await self._invocation_error(request, request_id)
+        if path == _INIT_ERROR and request.method == "POST":
+            return await self._init_error(request)
+        return _error(404, "NotFound", f"no such Runtime API path: {request.method} {path}")
+
+    def _environment(self, request: web.BaseRequest) -> Environment | None:
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
         return self._environments.get(sockname[1]) if sockname else None
 
-    async def _next(self, request: web.Request) -> web.StreamResponse:
+    async def _next(self, request: web.BaseRequest) -> web.StreamResponse:
         environment = self._environment(request)
         if environment is None:
             return _error(500, "Runtime.Unknown", "environment is shutting down")
@@ -86,10 +101,10 @@ class RuntimeApi:
             headers["Lambda-Runtime-Client-Context"] = invocation.client_context
         return web.Response(body=invocation.payload, headers=headers)
 
-    async def _response(self, request: web.Request) -> web.Response:
-        environment, failure = self._answering(request)
-        if environment is None:
-            return failure
+    async def _response(self, request: web.BaseRequest, request_id: str) -> web.Response:
+        environment = self._answering(request, request_id)
+        if isinstance(environment, web.Response):
+            return environment
         body = await request.read()
         if len(body) > MAX_RESPONSE_BYTES:
             environment.report_error(json.dumps({
@@ -102,29 +117,30 @@ class RuntimeApi:
         environment.respond(body, request.headers.get("Content-Type", "application/json"))
         return web.Response(status=202, body=_ACCEPTED, content_type="application/json")
 
-    async def _invocation_error(self, request: web.Request) -> web.Response:
-        environment, failure = self._answering(request)
-        if environment is None:
-            return failure
+    async def _invocation_error(self, request: web.BaseRequest, request_id: str) -> web.Response:
+        environment = self._answering(request, request_id)
+        if isinstance(environment, web.Response):
+            return environment
         environment.report_error(await request.read())
         return web.Response(status=202, body=_ACCEPTED, content_type="application/json")
 
-    async def _init_error(self, request: web.Request) -> web.Response:
+    async def _init_error(self, request: web.BaseRequest) -> web.Response:
         environment = self._environment(request)
         if environment is None or environment.init_ms is not None:
             return _error(403, "InvalidStateTransition", "init/error after init finished")
         environment.report_init_error(await request.read())
         return web.Response(status=202, body=_ACCEPTED, content_type="application/json")
 
-    def _answering(self, request: web.Request) -> tuple[Environment | None, web.Response]:
+    def _answering(self, request: web.BaseRequest, request_id: str) -> Environment | web.Response:
+        """The environment whose current invocation `request_id` is, or the refusal to send."""
         environment = self._environment(request)
         if environment is None:
-            return None, _error(500, "Runtime.Unknown", "environment is shutting down")
+            return _error(500, "Runtime.Unknown", "environment is shutting down")
         current = environment.current_request_id()
-        if current != request.match_info["request_id"]:
-            if current is None:
-                return None, _error(403, "InvalidStateTransition",
-                                    "State transition from Ready to InvocationResponse failed for runtime")
-            return None, _error(400, "InvalidRequestID", "Invalid request ID")
-        return environment, _error(500, "Runtime.Unknown", "unused")
+        if current == request_id:
+            return environment
+        if current is None:
+            return _error(403, "InvalidStateTransition",
+                          "State transition from Ready to InvocationResponse failed for runtime")
+        return _error(400, "InvalidRequestID", "Invalid request ID")
 
