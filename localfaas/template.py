@@ -37,6 +37,7 @@ _MQ_PROPERTIES = {
     "MaximumBatchingWindowInSeconds", "Enabled", "DynamicPolicyName",
 }
 _SCHEDULE_PROPERTIES = {"Schedule", "Input", "Enabled", "State", "Name", "Description"}
+# Accepted on Schedule events with no local effect: retries/DLQ of EventBridge itself.
 _CORS_FIELDS = {
     "AllowOrigins", "AllowMethods", "AllowHeaders", "ExposeHeaders", "AllowCredentials", "MaxAge",
 }
@@ -374,21 +375,34 @@ class _TemplateReader:
             virtual_host=virtual_host,
             batch_size=batch_size,
             window_seconds=float(properties.get("MaximumBatchingWindowInSeconds", 0.5)),
-            enabled=bool(properties.get("Enabled", True)),
+            enabled=_truthy(properties.get("Enabled", True)),
         )
 
     def _schedule_event(self, where: str, name: str, event: dict[str, Any]) -> ScheduleEvent:
+        from localfaas.schedule import parse_schedule
+
         properties = event.get("Properties") or {}
         for key in set(properties) - _SCHEDULE_PROPERTIES:
             self.warnings.append(f"{where}: event {name}: Schedule property {key} is not supported (ignored)")
-        raw_input = properties.get("Input")
+        expression = properties.get("Schedule")
+        if not expression:
+            raise TemplateError(f"{where}: event {name}: Schedule is required")
+        try:
+            parse_schedule(str(expression))
+            raw_input = properties.get("Input")
+            payload = json.loads(raw_input) if isinstance(raw_input, str) else raw_input
+        except ValueError as exc:
+            raise TemplateError(f"{where}: event {name}: {exc}") from exc
         enabled = properties.get("Enabled", properties.get("State", "ENABLED") == "ENABLED")
-        return ScheduleEvent(
-            name=name,
-            expression=str(properties["Schedule"]),
-            input=json.loads(raw_input) if isinstance(raw_input, str) else raw_input,
-            enabled=bool(enabled),
-        )
+        return ScheduleEvent(name=name, expression=str(expression), input=payload,
+                             enabled=_truthy(enabled))
+
+
+def _truthy(value: Any) -> bool:
+    """A template boolean, which may arrive as a string through a parameter."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("false", "0", "no", "disabled", "")
+    return bool(value)
 
 
 def _env_string(value: Any) -> str:
