@@ -153,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--url-port-base", type=int, default=None,
                        help="first function URL port (default: the ports after the control port)")
     start.add_argument("--run-dir", default=".localfaas", help="logs and state.json go here")
-    start.add_argument("--concurrency", type=int, default=10,
+    start.add_argument("--concurrency", type=int, default=32,
                        help="environments per function when ReservedConcurrentExecutions is unset")
     start.add_argument("--idle-seconds", type=float, default=300.0, help="reap environments idle this long")
     start.add_argument("--async-retry-seconds", type=float, default=60.0,

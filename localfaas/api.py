@@ -4,6 +4,7 @@ status and deploy endpoints under /_localfaas/ for the CLI."""
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime
 import json
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,7 @@ class LambdaApi:
         routes.add_get("/2015-03-31/functions", self.list_functions)
         routes.add_get("/2015-03-31/functions/", self.list_functions)
         routes.add_get("/2015-03-31/functions/{name}", self.get_function)
+        routes.add_get("/2015-03-31/functions/{name}/configuration", self.get_configuration)
         routes.add_get("/2021-10-31/functions/{name}/url", self.get_url_config)
         routes.add_get("/_localfaas/status", self.status)
         routes.add_post("/_localfaas/deploy", self.deploy)
@@ -87,6 +89,15 @@ class LambdaApi:
             return spec
         kind = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
         payload = await request.read()
+        client_context = request.headers.get("X-Amz-Client-Context")
+        if client_context:
+            try:
+                client_context = base64.b64decode(client_context, validate=True).decode()
+                if not isinstance(json.loads(client_context), dict):
+                    raise ValueError("not an object")
+            except (binascii.Error, ValueError):
+                return api_error(400, "InvalidRequestContentException",
+                                 "Client context must be a valid Base64-encoded JSON object.")
         if kind == "DryRun":
             return web.Response(status=204)
         if kind not in ("RequestResponse", "Event"):
@@ -105,10 +116,9 @@ class LambdaApi:
             request_id = self.host.invoke_async(spec.name, payload or b"{}")
             return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
         tail = request.headers.get("X-Amz-Log-Type") == "Tail"
-        client_context = request.headers.get("X-Amz-Client-Context")
         invocation = Invocation(
             payload or b"{}",
-            client_context=base64.b64decode(client_context).decode() if client_context else None,
+            client_context=client_context or None,
             log_lines=[] if tail else None,
         )
         try:
@@ -146,6 +156,12 @@ class LambdaApi:
         if spec.reserved_concurrency is not None:
             body["Concurrency"] = {"ReservedConcurrentExecutions": spec.reserved_concurrency}
         return web.json_response(body)
+
+    async def get_configuration(self, request: web.Request) -> web.Response:
+        spec = self._function(request)
+        if isinstance(spec, web.Response):
+            return spec
+        return web.json_response(self._configuration(spec))
 
     async def get_url_config(self, request: web.Request) -> web.Response:
         spec = self._function(request)

@@ -33,7 +33,7 @@ class HostConfig:
     port: int = 4566
     url_port_base: int | None = None  # None: the ports after the control port (ephemeral if 0)
     run_dir: Path = Path(".localfaas")
-    default_concurrency: int = 10
+    default_concurrency: int = 32
     idle_seconds: float = 300.0
     async_retry_seconds: float = 60.0  # Lambda waits ~1 min, then ~2 min, between async retries
     minute_seconds: float = 60.0  # shorten schedule rates for development

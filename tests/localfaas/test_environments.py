@@ -101,7 +101,7 @@ def test_timeout_kills_and_replaces_the_environment(host: RunningHost) -> None:
 
 
 def test_crash_fails_only_that_invocation(host: RunningHost) -> None:
-    status, headers, body = host.invoke("Behave", {"exit": 3})
+    _status, headers, body = host.invoke("Behave", {"exit": 3})
     error = json.loads(body)
     assert headers["X-Amz-Function-Error"] == "Unhandled"
     assert error == {"errorType": "Runtime.ExitError",
@@ -111,7 +111,7 @@ def test_crash_fails_only_that_invocation(host: RunningHost) -> None:
 
 
 def test_handler_exception_is_a_function_error(host: RunningHost) -> None:
-    status, headers, body = host.invoke("Behave", {"raise": "missing"})
+    _status, headers, body = host.invoke("Behave", {"raise": "missing"})
     error = json.loads(body)
     assert headers["X-Amz-Function-Error"] == "Unhandled"
     assert error["errorType"] == "KeyError" and error["errorMessage"] == "'missing'"
@@ -121,7 +121,7 @@ def test_handler_exception_is_a_function_error(host: RunningHost) -> None:
 
 def test_init_error_is_reported_and_not_cached(host: RunningHost) -> None:
     for _ in range(2):
-        status, headers, body = host.invoke("Broken")
+        _status, headers, body = host.invoke("Broken")
         error = json.loads(body)
         assert headers["X-Amz-Function-Error"] == "Unhandled"
         assert error["errorType"] == "Runtime.ImportModuleError"
@@ -147,7 +147,7 @@ def test_status_reports_environments(host: RunningHost) -> None:
     invoke_json(host, "Echo")
     result = host.cli("status")
     assert result.returncode == 0, result.stderr
-    assert re.search(r"^Echo\s+\d+\s+\d+\s+0\s+10\s+\d+\s+-$", result.stdout, re.M)
+    assert re.search(r"^Echo\s+\d+\s+\d+\s+0\s+32\s+\d+\s+-$", result.stdout, re.M)
     assert host.status()["functions"]["Echo"]["warm"] >= 1
 
 
