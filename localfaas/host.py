@@ -16,12 +16,13 @@ from typing import Any, TextIO
 from aiohttp import web
 
 from localfaas.api import LambdaApi
+from localfaas.httpserver import bare_server
 from localfaas.invocation import Invocation, Outcome, new_request_id
 from localfaas.logs import LogSink
 from localfaas.pool import FunctionPool
 from localfaas.runtime_api import RuntimeApi
-from localfaas.template import FunctionSpec, Template, host_settings, load_template
-from localfaas.urls import FunctionUrl
+from localfaas.template import FunctionSpec, Template, host_settings, load_template, parameter_key
+from localfaas.urls import MAX_PAYLOAD_BYTES, FunctionUrl
 
 
 @dataclass
@@ -50,6 +51,9 @@ class Host:
     def __init__(self, config: HostConfig, console: TextIO | None = None) -> None:
         self.config = config
         self.settings = host_settings(config.env_file)
+        for key, value in config.parameter_overrides.items():
+            if parameter_key(key) == parameter_key("RABBITMQ_URL"):
+                self.settings["RABBITMQ_URL"] = value  # the MQ mappings' broker, too
         self.logs = LogSink(config.run_dir / "logs", console)
         self.runtime_api = RuntimeApi()
         self.started_at = time.time()
@@ -95,7 +99,8 @@ class Host:
             if spec.url is None:
                 continue
             url = FunctionUrl(lambda name=spec.name: self._pools[name].spec, self._invoke_url)
-            runner = web.ServerRunner(web.Server(url.handle), access_log=None, handle_signals=False)
+            server = bare_server(url.handle, MAX_PAYLOAD_BYTES + 1024)
+            runner = web.ServerRunner(server, access_log=None, handle_signals=False)
             await runner.setup()
             self._url_for(spec.logical_id)  # binds the socket if no !GetAtt asked for it yet
             await web.SockSite(runner, self._url_sockets[spec.logical_id]).start()

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from localfaas.httpserver import bare_server
+
 if TYPE_CHECKING:
     from localfaas.environment import Environment
 
@@ -38,20 +40,23 @@ class RuntimeApi:
         self._sites: dict[int, web.SockSite] = {}
         # A bare aiohttp Server: four fixed paths on the hot path of every invocation do not
         # need the Application router and middleware machinery.
-        server = web.Server(self._dispatch, client_max_size=MAX_RESPONSE_BYTES + 1024 * 1024)
-        self._runner = web.ServerRunner(server, access_log=None, handle_signals=False)
+        self._runner: web.ServerRunner | None = None
 
     async def setup(self) -> None:
+        server = bare_server(self._dispatch, MAX_RESPONSE_BYTES + 1024 * 1024)
+        self._runner = web.ServerRunner(server, access_log=None, handle_signals=False)
         await self._runner.setup()
 
     async def shutdown(self) -> None:
-        await self._runner.cleanup()
+        if self._runner is not None:
+            await self._runner.cleanup()
 
     async def open(self, environment: Environment) -> int:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+        assert self._runner is not None, "setup() first"
         site = web.SockSite(self._runner, sock)
         await site.start()
         self._environments[port] = environment

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.localfaas.conftest import FIXTURES, RunningHost, start_host
+from tests.localfaas.conftest import FIXTURES, RunningHost, http, start_host
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +210,15 @@ def test_sigterm_leaves_no_processes(localfaas) -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert "stopping" in host.console()
+
+
+def test_payloads_over_one_mebibyte(host: RunningHost) -> None:
+    """Lambda takes and returns up to 6 MB; aiohttp's default limit is 1 MiB."""
+    result, _ = invoke_json(host, "Big", {"answer": 3 * 1024 * 1024})
+    assert len(result["data"]) == 3 * 1024 * 1024
+    status, _, body = http("POST", host.urls["Big"], b"y" * (3 * 1024 * 1024),
+                           {"Content-Type": "text/plain"})
+    assert status == 200 and json.loads(body)["size"] == 3 * 1024 * 1024
+    status, _, _ = http("POST", host.urls["Big"], b"y" * (7 * 1024 * 1024),
+                        {"Content-Type": "text/plain"})
+    assert status == 413

@@ -23,7 +23,7 @@ from pytest_localstack.session import RunningSession
 
 from tests.localfaas.conftest import FIXTURES, RunningHost, start_host
 
-FUNCTIONS = {"Echo", "Behave", "Capped", "Web", "Broken"}
+FUNCTIONS = {"Echo", "Behave", "Capped", "Web", "Big", "Broken"}
 NO_RETRY = Config(retries={"max_attempts": 1, "mode": "standard"})
 
 # Variables that would send these clients somewhere other than the host under test.
@@ -246,7 +246,7 @@ def test_list_functions_paginator(client: Any) -> None:
     assert len(limited["Functions"]) == 2
     assert limited.get("NextToken")
     pages = list(paginator.paginate(PaginationConfig={"PageSize": 2}))
-    assert [len(page["Functions"]) for page in pages] == [2, 2, 1]
+    assert [len(page["Functions"]) for page in pages] == [2, 2, 2]
     names = [f["FunctionName"] for page in pages for f in page["Functions"]]
     assert sorted(names) == sorted(FUNCTIONS)
     resumed = paginator.paginate(PaginationConfig={"MaxItems": 10,
