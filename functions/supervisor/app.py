@@ -1,0 +1,79 @@
+"""Supervisor: admits and dispatches tasks, serves results, workers and stats; runs the janitor.
+
+The logic is taskcore's (dispatch, store); this module only maps HTTP to it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from chalice import Chalice, Response
+
+from taskcore import dispatch
+from taskcore.broker import Publisher
+from taskcore.function_url import function_url_handler
+from taskcore.http import api_errors, error_response, json_response
+from taskcore.messages import parse_submission
+from taskcore.settings import Settings
+from taskcore.store import TaskStore
+
+app = Chalice(app_name="supervisor")
+app.log.setLevel(logging.INFO)
+
+# Opened once per execution environment and reused by every invocation it serves.
+settings = Settings.from_env()
+store = TaskStore.for_settings(settings)
+publisher = Publisher(settings)
+
+MAX_WAIT_SECONDS = 20.0  # below the function's 30 s timeout, so a long-poll answers in time
+
+
+@app.route("/supervise", methods=["POST"], content_types=["application/json"])
+@api_errors
+def supervise() -> Response:
+    submission = parse_submission(app.current_request.raw_body or b"", settings)
+    replies = dispatch.submit(submission.tasks, settings, store, publisher)
+    status = 200 if all(reply["status"] == "exists" for reply in replies) else 202
+    return json_response({"tasks": replies} if submission.batch else replies[0], status)
+
+
+@app.route("/results/{task_id}", methods=["GET"])
+@api_errors
+def result(task_id: str) -> Response:
+    raw_wait = (app.current_request.query_params or {}).get("wait")
+    wait = 0.0
+    if raw_wait is not None:
+        try:
+            wait = float(raw_wait)
+        except ValueError:
+            wait = -1.0
+        if not 0 <= wait <= MAX_WAIT_SECONDS:
+            return error_response("invalid_wait", f"wait must be a number of seconds from 0 to "
+                                  f"{MAX_WAIT_SECONDS:g}", {"max": MAX_WAIT_SECONDS})
+    record = store.wait(task_id, wait) if wait else store.get(task_id)
+    if record is None:
+        return error_response("not_found", f"no task {task_id}", {"task_id": task_id})
+    return json_response(record)
+
+
+@app.route("/workers", methods=["GET"])
+@api_errors
+def workers() -> Response:
+    return json_response(dispatch.worker_report(store))
+
+
+@app.route("/stats", methods=["GET"])
+@api_errors
+def stats() -> Response:
+    return json_response(dispatch.stats(settings, store, publisher))
+
+
+@app.lambda_function(name="janitor")
+def janitor(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Scheduled: moves the queued tasks of dead workers to live ones."""
+    report = dispatch.janitor(settings, store, publisher)
+    app.log.info("janitor: %s", report)
+    return report
+
+
+handler = function_url_handler(app)

@@ -1,0 +1,232 @@
+"""The supervisor's logic without HTTP: submit (admit + confirmed publish), the janitor, reports."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pika.exceptions
+import redis
+from pika.adapters.blocking_connection import BlockingChannel
+
+from taskcore.broker import Publisher, PublishError
+from taskcore.errors import Unavailable
+from taskcore.keys import SHARED, Keys, routing_key_for, worker_routing_key
+from taskcore.messages import MessageError, Task, TaskSpec
+from taskcore.settings import Settings
+from taskcore.store import Admission, TaskStore, now_ms
+
+log = logging.getLogger("taskcore.dispatch")
+
+# Messages moved per confirm round by the janitor.
+JANITOR_BATCH = 200
+
+
+def assign_ids(specs: Sequence[TaskSpec]) -> list[TaskSpec]:
+    """Gives every spec without a task_id a fresh UUID (what the producer does)."""
+    return [spec if spec.task_id else spec.with_id(str(uuid.uuid4())) for spec in specs]
+
+
+def submit(specs: Sequence[TaskSpec], settings: Settings, store: TaskStore, publisher: Publisher,
+           now: int | None = None) -> list[dict[str, Any]]:
+    """Admits the tasks and publishes the ones that must run, with broker confirms.
+
+    Returns {"task_id", "status", "cache", "worker_id"} per task, in order. Raises Unavailable when
+    Redis or RabbitMQ fails; every admission of the request is undone first, so a 503 leaves no
+    record and no inflight key (a message the broker did confirm before the failure finds no
+    record, and MARK_RUNNING answers "missing" for it).
+    """
+    now = now_ms() if now is None else now
+    tasks = [Task.from_spec(spec, now) for spec in assign_ids(specs)]
+    try:
+        admissions = store.admit(tasks, now)
+    except redis.RedisError as error:
+        raise Unavailable("the task store (Redis) is unavailable", {"reason": repr(error)}) from error
+    replies = [a.reply() for a in admissions]
+    leaders = [(i, a) for i, a in enumerate(admissions) if a.needs_publish]
+    try:
+        try:
+            publisher.publish_tasks([(routing_key_for(a.worker_id), a.task) for _, a in leaders])
+        except PublishError as error:
+            if not error.only_unroutable:
+                raise
+            # A worker queue that is gone (its worker was reaped since it was picked): use the shared
+            # queue, which every worker consumes.
+            rerouted = [leaders[i] for i in error.unroutable]
+            publisher.publish_tasks([(routing_key_for(SHARED), a.task) for _, a in rerouted])
+            store.reassign([a.task.task_id for _, a in rerouted], SHARED)
+            for index, _ in rerouted:
+                replies[index]["worker_id"] = SHARED
+    except (PublishError, redis.RedisError) as error:
+        _undo(store, admissions, now)
+        raise Unavailable("the broker (RabbitMQ) did not accept the tasks", {"reason": str(error)}) from error
+    return replies
+
+
+def _undo(store: TaskStore, admissions: Sequence[Admission], now: int) -> None:
+    try:
+        store.undo(admissions, now)
+    except redis.RedisError:
+        # Redis failing too: the records keep their TTL, and the inflight keys theirs.
+        log.exception("could not undo %d admissions", len(admissions))
+
+
+# Janitor ------------------------------------------------------------------------------------------
+
+@contextmanager
+def _side_channel(publisher: Publisher):  # type: ignore[no-untyped-def]
+    """A channel of its own on the publisher's connection: a 404 on a passive declare closes only it."""
+    channel = publisher.channel.connection.channel()
+    try:
+        yield channel
+    finally:
+        if channel.is_open:
+            channel.close()
+
+
+def janitor(settings: Settings, store: TaskStore, publisher: Publisher,
+            now: int | None = None) -> dict[str, Any]:
+    """Moves the queued tasks of dead workers to live ones (or the shared queue when none is live),
+    deletes the dead workers' queues and forgets the workers. Safe to run concurrently with
+    dispatch and to re-run after a crash: a worker is only forgotten once its queue is gone."""
+    now = now_ms() if now is None else now
+    keys = Keys(settings.namespace)
+    dead = store.dead_workers(now)
+    live = store.live_workers(now)
+    report: dict[str, Any] = {"dead": dead, "moved": {}, "removed": [], "kept": []}
+    for worker in dead:
+        queue = keys.worker_queue(worker)
+        try:
+            # Unbound first, so nothing new lands in the queue while it is drained: a publish for
+            # this worker is now unroutable, and submit() sends it to the shared queue instead.
+            if not _unbind(publisher, keys, worker):
+                report["removed"] += store.forget_workers([worker], now)
+                continue
+            moved = _drain(queue, live, store, publisher)
+            deleted = _delete_if_idle(publisher, queue)
+        except (PublishError, pika.exceptions.AMQPError) as error:
+            log.warning("janitor: could not move %s: %r", queue, error)
+            report["kept"].append(worker)
+            continue
+        if moved:
+            report["moved"][worker] = moved
+        if deleted:
+            report["removed"] += store.forget_workers([worker], now)
+        else:
+            report["kept"].append(worker)
+    return report
+
+
+def _unbind(publisher: Publisher, keys: Keys, worker: str) -> bool:
+    """Unbinds a worker's queue from the tasks exchange; False if the queue does not exist."""
+    queue = keys.worker_queue(worker)
+    with _side_channel(publisher) as channel:
+        try:
+            channel.queue_declare(queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code == 404:
+                return False
+            raise
+        channel.queue_unbind(queue, keys.tasks_exchange, worker_routing_key(worker))
+        return True
+
+
+def _drain(queue: str, live: list[str], store: TaskStore, publisher: Publisher) -> dict[str, int]:
+    """Moves every ready message of `queue` to live workers' queues, a batch per confirm."""
+    moved: dict[str, int] = defaultdict(int)
+    with _side_channel(publisher) as channel:
+        while True:
+            batch = _get_batch(channel, queue)
+            if not batch:
+                return dict(moved)
+            first = store.take_turns(len(batch))
+            targets = [live[(first + j) % len(live)] if live else SHARED for j in range(len(batch))]
+            publisher.publish_tasks([(routing_key_for(t), task) for t, (_, task) in zip(targets, batch,
+                                                                                        strict=True)])
+            channel.basic_ack(batch[-1][0], multiple=True)
+            by_target: dict[str, list[str]] = defaultdict(list)
+            for target, (_, task) in zip(targets, batch, strict=True):
+                by_target[target].append(task.task_id)
+            for target, ids in by_target.items():
+                store.reassign(ids, target)
+                moved[target] += len(ids)
+
+
+def _get_batch(channel: BlockingChannel, queue: str) -> list[tuple[int, Task]]:
+    batch: list[tuple[int, Task]] = []
+    while len(batch) < JANITOR_BATCH:
+        method, _properties, body = channel.basic_get(queue, auto_ack=False)
+        if method is None:
+            break
+        try:
+            batch.append((method.delivery_tag, Task.from_json(body)))
+        except MessageError:
+            # Unparseable: dead-letter it now rather than moving garbage around.
+            channel.basic_nack(method.delivery_tag, requeue=False)
+    return batch
+
+
+def _delete_if_idle(publisher: Publisher, queue: str) -> bool:
+    """Deletes the drained, unbound queue unless a consumer is still attached (a worker that is
+    connected but stopped heart-beating may still hold unacked tasks, which a delete would drop).
+    Quorum queues refuse queue.delete with if-empty (the broker closes the connection), so the
+    emptiness check is a passive declare; the queue being unbound, nothing can arrive after it."""
+    with _side_channel(publisher) as channel:
+        try:
+            state = channel.queue_declare(queue, passive=True).method
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code == 404:
+                return True
+            raise
+        if state.message_count or state.consumer_count:
+            return False
+        channel.queue_delete(queue)
+        return True
+
+
+# Reports ------------------------------------------------------------------------------------------
+
+def worker_report(store: TaskStore, now: int | None = None) -> dict[str, Any]:
+    """GET /workers: live workers (heartbeat age, in_flight, processed...) and the dead not yet reaped."""
+    now = now_ms() if now is None else now
+    entries = store.worker_report(now)
+    return {"workers": [e for e in entries if e["live"]], "dead": [e for e in entries if not e["live"]]}
+
+
+def queue_depths(settings: Settings, publisher: Publisher,
+                 worker_ids: Sequence[str]) -> dict[str, int | None]:
+    keys = Keys(settings.namespace)
+    queues = [keys.shared_queue, keys.results_queue, keys.tasks_dead_queue, keys.results_dead_queue,
+              *(keys.worker_queue(w) for w in worker_ids)]
+    depths: dict[str, int | None] = {}
+    channel: BlockingChannel | None = None
+    try:
+        for queue in queues:
+            if channel is None or not channel.is_open:
+                channel = publisher.channel.connection.channel()
+            try:
+                depths[queue] = channel.queue_declare(queue, passive=True).method.message_count
+            except pika.exceptions.ChannelClosedByBroker:
+                depths[queue] = None  # not declared
+    finally:
+        if channel is not None and channel.is_open:
+            channel.close()
+    return depths
+
+
+def stats(settings: Settings, store: TaskStore, publisher: Publisher,
+          now: int | None = None) -> dict[str, Any]:
+    """GET /stats: queue depths, task counts by status, cache ratios, recent throughput.
+    Queue depths are None when the broker is unreachable; Redis failures raise."""
+    now = now_ms() if now is None else now
+    result = store.stats(now)
+    try:
+        result["queues"] = queue_depths(settings, publisher, store.live_workers(now))
+    except (pika.exceptions.AMQPError, OSError) as error:
+        result["queues"] = None
+        result["broker_error"] = repr(error)
+    return result

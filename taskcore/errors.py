@@ -1,0 +1,36 @@
+"""The one error shape of the HTTP API: {"error": {"code", "message", "details"}} (DESIGN §3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# HTTP status per error code; anything the client got wrong is a 4xx, never a 500.
+STATUS_BY_CODE: dict[str, int] = {
+    "body_too_large": 413,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "unsupported_media_type": 415,
+    "unavailable": 503,
+    "internal_error": 500,
+}
+DEFAULT_CLIENT_STATUS = 400
+
+
+class Unavailable(Exception):
+    """A service the request needs (RabbitMQ, Redis, the supervisor) could not be reached or did not
+    confirm; nothing of the request was kept. Maps to 503."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details if details is not None else {}}}
+
+
+def status_for(code: str) -> int:
+    return STATUS_BY_CODE.get(code, DEFAULT_CLIENT_STATUS)

@@ -1,0 +1,47 @@
+"""What the Chalice views share: JSON responses in the design's shape, and one hook that turns
+the library's exceptions into HTTP answers, so that views stay a few lines each."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from chalice import Response
+
+from taskcore.errors import Unavailable, error_body, status_for
+from taskcore.messages import ValidationError
+
+log = logging.getLogger("taskcore.http")
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(body=body, status_code=status,
+                    headers={"Content-Type": "application/json", **(headers or {})})
+
+
+def error_response(code: str, message: str, details: Any = None, status: int | None = None) -> Response:
+    return json_response(error_body(code, message, details), status or status_for(code))
+
+
+def api_errors(view: Callable[..., Response]) -> Callable[..., Response]:
+    """Bad input -> its 4xx; a dependency down -> 503 saying which. Chalice would answer a bare
+    500 for both."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return view(*args, **kwargs)
+        except ValidationError as error:
+            return error_response(error.code, error.message, error.details)
+        except Unavailable as error:
+            log.warning("unavailable: %s %s", error.message, error.details)
+            return error_response("unavailable", error.message, error.details, 503)
+        except redis.RedisError as error:
+            log.warning("redis unavailable: %r", error)
+            return error_response("unavailable", "the task store (Redis) is unavailable",
+                                  {"reason": repr(error)}, 503)
+
+    return wrapper

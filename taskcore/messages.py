@@ -1,0 +1,266 @@
+"""Task and result messages, the fingerprint, and all validation of submitted input.
+
+Timestamps are integers in milliseconds since the epoch everywhere (messages, records, heartbeats),
+so that Lua, Python and JSON agree without float rounding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from taskcore.registry import TASK_TYPES, PayloadError
+from taskcore.settings import Settings
+
+TASK_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+MIN_COMPLEXITY = 1
+MAX_COMPLEXITY = 10
+DEFAULT_COMPLEXITY = 1
+MAX_PAYLOAD_DEPTH = 8
+TASK_FIELDS = frozenset({"type", "payload", "complexity", "task_id", "cache"})
+FINAL_STATUSES = frozenset({"succeeded", "failed"})
+RESULT_STATUSES = FINAL_STATUSES
+
+
+class ValidationError(ValueError):
+    """Input the client got wrong. `code` is stable and documented; `details` says where."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+class MessageError(ValueError):
+    """A broker message that cannot be parsed: it belongs in a dead-letter queue, never requeued."""
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def fingerprint(task_type: str, payload: dict[str, Any]) -> str:
+    """SHA-256 hex of the canonical JSON of {"type", "payload"}: equal work, equal fingerprint."""
+    return hashlib.sha256(canonical_json({"type": task_type, "payload": payload}).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A validated submission; `payload` is normalised, `task_id` is None until one is assigned."""
+
+    type: str
+    payload: dict[str, Any]
+    complexity: int = DEFAULT_COMPLEXITY
+    task_id: str | None = None
+    cache: bool = True
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.type, self.payload)
+
+    def with_id(self, task_id: str) -> TaskSpec:
+        return replace(self, task_id=task_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Task:
+    """The task message body: the submitted task plus task_id, fingerprint, submitted_at, attempt."""
+
+    type: str
+    payload: dict[str, Any]
+    complexity: int
+    task_id: str
+    cache: bool
+    fingerprint: str
+    submitted_at: int
+    attempt: int = 0
+
+    @classmethod
+    def from_spec(cls, spec: TaskSpec, submitted_at: int) -> Task:
+        if spec.task_id is None:
+            raise ValueError("a Task needs a task_id; assign one to the TaskSpec first")
+        return cls(spec.type, spec.payload, spec.complexity, spec.task_id, spec.cache, spec.fingerprint,
+                   submitted_at)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> Task:
+        data = _load_object(body)
+        try:
+            task = cls(
+                type=_field(data, "type", str), payload=_field(data, "payload", dict),
+                complexity=_field(data, "complexity", int), task_id=_field(data, "task_id", str),
+                cache=_field(data, "cache", bool), fingerprint=_field(data, "fingerprint", str),
+                submitted_at=_field(data, "submitted_at", int), attempt=_field(data, "attempt", int),
+            )
+            TASK_TYPES[task.type].validate(task.payload)
+        except (KeyError, PayloadError) as error:
+            raise MessageError(f"task message: {error}") from None
+        # A worker sleeps complexity x unit: a forged complexity must not park it for hours.
+        if not MIN_COMPLEXITY <= task.complexity <= MAX_COMPLEXITY or not TASK_ID_RE.fullmatch(task.task_id):
+            raise MessageError("task message: complexity or task_id out of range")
+        return task
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """The result message body. `result` is set when succeeded, `error` when failed."""
+
+    task_id: str
+    fingerprint: str
+    status: str
+    worker_id: str
+    started_at: int
+    finished_at: int
+    attempt: int
+    result: Any = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("error" if self.status == "succeeded" else "result")
+        return data
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> TaskResult:
+        data = _load_object(body)
+        status = _field(data, "status", str)
+        if status not in RESULT_STATUSES:
+            raise MessageError(f"result message: status must be succeeded or failed, not {status!r}")
+        error = data.get("error")
+        if status == "failed" and not isinstance(error, str):
+            raise MessageError("result message: a failed result needs an error string")
+        return cls(
+            task_id=_field(data, "task_id", str), fingerprint=_field(data, "fingerprint", str),
+            status=status, worker_id=_field(data, "worker_id", str),
+            started_at=_field(data, "started_at", int), finished_at=_field(data, "finished_at", int),
+            attempt=_field(data, "attempt", int), result=data.get("result"),
+            error=error if status == "failed" else None,
+        )
+
+
+def _load_object(body: bytes | str) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as error:
+        raise MessageError(f"not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise MessageError("not a JSON object")
+    return data
+
+
+def _field(data: dict[str, Any], name: str, kind: type) -> Any:
+    value = data.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MessageError(f"field {name!r} must be {kind.__name__}")
+    return value
+
+
+# Submission validation --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Submission:
+    tasks: list[TaskSpec]
+    batch: bool  # {"tasks": [...]} as opposed to one bare task: decides the response's shape
+
+
+def validate_submission(body: bytes | str, settings: Settings) -> list[TaskSpec]:
+    """All validation of a POST /produce or /supervise body; raises ValidationError."""
+    return parse_submission(body, settings).tasks
+
+
+def parse_submission(body: bytes | str, settings: Settings) -> Submission:
+    raw = body.encode() if isinstance(body, str) else body
+    if len(raw) > settings.max_body_bytes:
+        raise ValidationError("body_too_large", f"the body is over {settings.max_body_bytes} bytes",
+                              {"max_bytes": settings.max_body_bytes, "bytes": len(raw)})
+    data = _parse_json(raw)
+    if not isinstance(data, dict):
+        raise ValidationError("not_an_object",
+                              "the body must be a JSON object (a task or {\"tasks\": [...]})")
+    if "tasks" not in data:
+        return Submission([validate_task(data)], batch=False)
+    extra = sorted(set(data) - {"tasks"})
+    if extra:
+        raise ValidationError("unknown_field", f"unknown field(s) beside tasks: {', '.join(extra)}",
+                              {"unknown": extra})
+    items = data["tasks"]
+    if not isinstance(items, list):
+        raise ValidationError("invalid_batch", "tasks must be a list of task objects")
+    if not items:
+        raise ValidationError("empty_batch", "tasks must hold at least one task")
+    if len(items) > settings.max_batch:
+        raise ValidationError("batch_too_large", f"at most {settings.max_batch} tasks per batch",
+                              {"max_batch": settings.max_batch, "count": len(items)})
+    return Submission([validate_task(item, index) for index, item in enumerate(items)], batch=True)
+
+
+def _parse_json(raw: bytes) -> Any:
+    def reject_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(raw, parse_constant=reject_constant)
+    except RecursionError:
+        # Python's parser recurses per nesting level: thousands of "[" exhaust the stack.
+        raise ValidationError("payload_too_deep", f"JSON nested deeper than {MAX_PAYLOAD_DEPTH}") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValidationError("malformed_json", f"the body is not valid JSON: {error}") from None
+
+
+def validate_task(item: Any, index: int | None = None) -> TaskSpec:
+    where = {} if index is None else {"index": index}
+    if not isinstance(item, dict):
+        raise ValidationError("not_an_object", "a task must be a JSON object", where)
+    extra = sorted(set(item) - TASK_FIELDS)
+    if extra:
+        raise ValidationError("unknown_field", f"unknown task field(s): {', '.join(extra)}",
+                              {**where, "unknown": extra, "allowed": sorted(TASK_FIELDS)})
+    task_type = item.get("type")
+    if not isinstance(task_type, str) or task_type not in TASK_TYPES:
+        raise ValidationError("unknown_type", f"type must be one of {', '.join(sorted(TASK_TYPES))}",
+                              {**where, "type": task_type if isinstance(task_type, str) else None,
+                               "known": sorted(TASK_TYPES)})
+    complexity = item.get("complexity", DEFAULT_COMPLEXITY)
+    if isinstance(complexity, bool) or not isinstance(complexity, int) or not (
+            MIN_COMPLEXITY <= complexity <= MAX_COMPLEXITY):
+        raise ValidationError("invalid_complexity",
+                              f"complexity must be an integer from {MIN_COMPLEXITY} to {MAX_COMPLEXITY}",
+                              {**where, "min": MIN_COMPLEXITY, "max": MAX_COMPLEXITY})
+    task_id = item.get("task_id")
+    if task_id is not None and (not isinstance(task_id, str) or not TASK_ID_RE.fullmatch(task_id)):
+        raise ValidationError("invalid_task_id", "task_id must match [A-Za-z0-9_.:-]{1,128}", where)
+    cache = item.get("cache", True)
+    if not isinstance(cache, bool):
+        raise ValidationError("invalid_cache", "cache must be true or false", where)
+    payload = item.get("payload", {})
+    if _depth(payload) > MAX_PAYLOAD_DEPTH:
+        raise ValidationError("payload_too_deep", f"payload nested deeper than {MAX_PAYLOAD_DEPTH}", where)
+    if not isinstance(payload, dict):
+        raise ValidationError("invalid_payload", "payload must be a JSON object", where)
+    try:
+        payload = TASK_TYPES[task_type].validate(payload)
+    except PayloadError as error:
+        raise ValidationError("invalid_payload", f"{task_type}: {error.message}",
+                              {**where, **error.details}) from None
+    return TaskSpec(task_type, payload, complexity, task_id, cache)
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    """Nesting depth of containers; stops descending once past the limit."""
+    if level > MAX_PAYLOAD_DEPTH or not isinstance(value, dict | list):
+        return level
+    children = value.values() if isinstance(value, dict) else value
+    return max((_depth(child, level + 1) for child in children), default=level + 1)

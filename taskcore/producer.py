@@ -1,0 +1,78 @@
+"""The producer's logic without HTTP: reproducible task generation and the supervisor client."""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+
+from taskcore.errors import Unavailable
+from taskcore.messages import TaskSpec, validate_task
+from taskcore.settings import Settings
+
+MAX_GENERATE = 10_000
+
+
+def generate_tasks(count: int, seed: int, include_failures: bool = False) -> list[TaskSpec]:
+    """`count` tasks of varying types and complexities; the same seed gives the same tasks."""
+    rng = random.Random(seed)
+    kinds = ["primes", "hash", "sleep"] + (["fail"] if include_failures else [])
+    specs = []
+    for _ in range(count):
+        kind = rng.choice(kinds)
+        if kind == "primes":
+            payload: dict[str, Any] = {"n": rng.randrange(1_000, 200_000)}
+        elif kind == "hash":
+            data = "".join(rng.choices(string.ascii_letters + string.digits, k=rng.randrange(8, 64)))
+            payload = {"data": data, "rounds": rng.randrange(1, 1_000)}
+        elif kind == "sleep":
+            payload = {}
+        else:
+            payload = {"message": f"generated failure {rng.randrange(1_000_000)}"}
+        specs.append(validate_task({"type": kind, "payload": payload, "complexity": rng.randint(1, 5)}))
+    return specs
+
+
+@dataclass(frozen=True)
+class SupervisorReply:
+    status: int
+    body: dict[str, Any]
+
+
+class SupervisorClient:
+    """POSTs to the supervisor's function URL over a pooled keep-alive connection, created once
+    per execution environment. Any transport failure or 5xx becomes Unavailable (-> 503)."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.supervisor_url:
+            raise Unavailable("SUPERVISOR_URL is not set")
+        self.base_url = settings.supervisor_url.rstrip("/") + "/"
+        self._pool = urllib3.PoolManager(
+            num_pools=2, maxsize=8, retries=False,
+            timeout=urllib3.Timeout(connect=2.0, read=settings.supervisor_timeout),
+        )
+
+    def result_url(self, task_id: str) -> str:
+        return f"{self.base_url}results/{task_id}"
+
+    def supervise(self, specs: Sequence[TaskSpec]) -> SupervisorReply:
+        body = json.dumps({"tasks": [spec.to_dict() for spec in specs]}).encode()
+        try:
+            response = self._pool.request("POST", self.base_url + "supervise", body=body,
+                                          headers={"Content-Type": "application/json"})
+        except urllib3.exceptions.HTTPError as error:
+            raise Unavailable("the supervisor is unreachable", {"reason": str(error)}) from error
+        try:
+            reply = json.loads(response.data or b"{}")
+        except ValueError:
+            reply = {}
+        if response.status >= 500:
+            reason = (reply.get("error") or {}).get("message") if isinstance(reply, dict) else None
+            raise Unavailable("the supervisor could not take the tasks",
+                              {"status": response.status, "reason": reason})
+        return SupervisorReply(response.status, reply)

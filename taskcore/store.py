@@ -1,0 +1,298 @@
+"""Task records, the result cache, coalescing and worker liveness in Redis (DESIGN §5).
+
+`TaskStorage` is the interface the rest of the system relies on; `TaskStore` implements it on
+redis-py with the Lua scripts of scripts.py. Every script is safe to retry: redis-py re-sends a
+command whose connection dropped, and an admission re-sent with the same token reports what the
+first one did instead of "exists".
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis
+
+from taskcore import scripts
+from taskcore.keys import Keys
+from taskcore.messages import FINAL_STATUSES, Task, TaskResult
+from taskcore.settings import Settings
+
+# Record fields stored as JSON text, decoded by get().
+_JSON_FIELDS = ("payload", "result")
+_INT_FIELDS = ("complexity", "submitted_at", "started_at", "finished_at", "attempt")
+_STAT_FIELDS = ("cache_hit", "cache_miss", "cache_coalesced", "cache_bypass", "exists",
+                "succeeded", "failed", "queued", "running")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What admission decided for one task. `outcome` is "dispatch" (publish it), "hit",
+    "coalesced" or "exists"; `cache` is the record's hit|miss|coalesced|bypass."""
+
+    task: Task
+    outcome: str
+    status: str
+    cache: str
+    worker_id: str
+    leader: str = ""
+    token: str = ""
+
+    @property
+    def needs_publish(self) -> bool:
+        return self.outcome == "dispatch"
+
+    def reply(self) -> dict[str, Any]:
+        """The per-task answer of POST /supervise."""
+        return {"task_id": self.task.task_id, "status": self.status, "cache": self.cache,
+                "worker_id": self.worker_id}
+
+
+class TaskStorage(Protocol):
+    """The storage the supervisor, result handler and workers need; all times in epoch ms."""
+
+    def admit(self, tasks: Sequence[Task], now: int) -> list[Admission]:
+        """Atomically admits tasks (hit, coalesce, or lead and pick a worker), in input order."""
+        ...
+
+    def undo(self, admissions: Sequence[Admission], now: int) -> int:
+        """Reverts admissions whose publish failed; returns how many records were removed."""
+        ...
+
+    def complete(self, results: Sequence[TaskResult], now: int) -> list[str]:
+        """Stores results with their followers, idempotently: "completed" or "duplicate" each."""
+        ...
+
+    def mark_running(self, task_id: str, worker_id: str, attempt: int, started_at: int,
+                     complexity: int) -> str:
+        """A worker starts an attempt: "running", "final" (skip it) or "missing"."""
+        ...
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        """The task record, decoded, or None."""
+        ...
+
+    def wait(self, task_id: str, seconds: float) -> dict[str, Any] | None:
+        """The record once final, or as it is after `seconds`; None for an unknown id."""
+        ...
+
+    def heartbeat(self, worker_id: str, info: dict[str, Any], now: int) -> None:
+        """A worker says it is alive; `info` is host, pid, concurrency, in_flight, processed..."""
+        ...
+
+    def live_workers(self, now: int) -> list[str]:
+        """Ids of workers whose heartbeat is younger than WORKER_TTL, sorted."""
+        ...
+
+
+class TaskStore:
+    """TaskStorage on Redis. One per process and namespace: `TaskStore.for_settings(settings)`."""
+
+    _clients: dict[str, redis.Redis] = {}
+    _clients_lock = threading.Lock()
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self.redis = client or self.client_for(settings)
+        self._admit = self.redis.register_script(scripts.ADMIT)
+        self._undo = self.redis.register_script(scripts.UNDO_ADMIT)
+        self._complete = self.redis.register_script(scripts.COMPLETE)
+        self._mark_running = self.redis.register_script(scripts.MARK_RUNNING)
+        self._reap = self.redis.register_script(scripts.REAP_WORKERS)
+        self._reassign = self.redis.register_script(scripts.REASSIGN)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> TaskStore:
+        return cls(settings, cls.client_for(settings))
+
+    @classmethod
+    def client_for(cls, settings: Settings) -> redis.Redis:
+        """One pooled client per Redis URL and process: Lambda environments and workers reuse it."""
+        with cls._clients_lock:
+            client = cls._clients.get(settings.redis_url)
+            if client is None:
+                client = redis.Redis.from_url(
+                    settings.redis_url, socket_connect_timeout=settings.redis_timeout,
+                    # Long-poll slices block up to _WAIT_SLICE; reads must outlast them.
+                    socket_timeout=settings.redis_timeout + _WAIT_SLICE, health_check_interval=30)
+                cls._clients[settings.redis_url] = client
+            return client
+
+    # Admission ----------------------------------------------------------------------------------
+
+    def admit(self, tasks: Sequence[Task], now: int, token: str | None = None) -> list[Admission]:
+        if not tasks:
+            return []
+        token = token or uuid.uuid4().hex
+        cutoff = now - int(self.settings.worker_ttl * 1000)
+        args: list[Any] = [self.keys.prefix, now, cutoff, self.settings.result_ttl,
+                           self.settings.dispatch_mode, len(tasks), token]
+        for task in tasks:
+            args += [task.task_id, task.fingerprint, "1" if task.cache else "0", task.type, task.complexity,
+                     json.dumps(task.payload, separators=(",", ":")),
+                     self.settings.inflight_ttl_ms(task.complexity)]
+        decided = json.loads(self._admit(args=args))
+        return [Admission(task, d["outcome"], d["status"], d["cache"], d["worker_id"], d["leader"], token)
+                for task, d in zip(tasks, decided, strict=True)]
+
+    def undo(self, admissions: Sequence[Admission], now: int) -> int:
+        undoable = [a for a in admissions if a.outcome != "exists"]
+        if not undoable:
+            return 0
+        args: list[Any] = [self.keys.prefix, now, self.settings.result_ttl, self.settings.done_ttl,
+                           now // 60_000, len(undoable)]
+        for admission in undoable:
+            args += [admission.task.task_id, admission.task.fingerprint, admission.outcome]
+        return int(self._undo(args=args))
+
+    def take_turns(self, count: int) -> int:
+        """Advances the round-robin cursor by `count`; returns the first of the turns taken (0-based)."""
+        return int(self.redis.incrby(self.keys.rr, count)) - count
+
+    def reassign(self, task_ids: Sequence[str], worker_id: str) -> int:
+        if not task_ids:
+            return 0
+        return int(self._reassign(args=[self.keys.prefix, worker_id, *task_ids]))
+
+    # Completion ---------------------------------------------------------------------------------
+
+    def complete(self, results: Sequence[TaskResult], now: int | None = None) -> list[str]:
+        if not results:
+            return []
+        now = now_ms() if now is None else now
+        args: list[Any] = [self.keys.prefix, self.settings.cache_ttl, self.settings.result_ttl,
+                           self.settings.done_ttl, now // 60_000, len(results)]
+        for r in results:
+            succeeded = r.status == "succeeded"
+            args += [r.task_id, r.fingerprint, r.status,
+                     json.dumps(r.result, separators=(",", ":")) if succeeded else "",
+                     "" if succeeded else (r.error or ""),
+                     r.worker_id, r.started_at, r.finished_at, r.attempt]
+        return json.loads(self._complete(args=args))
+
+    def mark_running(self, task_id: str, worker_id: str, attempt: int, started_at: int,
+                     complexity: int = 1) -> str:
+        outcome = self._mark_running(args=[
+            self.keys.prefix, task_id, worker_id, started_at, attempt, self.settings.result_ttl,
+            self.settings.running_ttl_ms(complexity)])
+        return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+
+    # Reading ------------------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        return decode_record(task_id, self.redis.hgetall(self.keys.task(task_id)))
+
+    def wait(self, task_id: str, seconds: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + max(0.0, seconds)
+        done = self.keys.done(task_id)
+        while True:
+            record = self.get(task_id)
+            left = deadline - time.monotonic()
+            if record is None or record["status"] in FINAL_STATUSES or left <= 0:
+                return record
+            # BLMOVE from the list to itself returns the marker without consuming it, so every
+            # waiter on the task wakes, not only the first (checked: the list keeps its TTL).
+            self.redis.blmove(done, done, max(0.01, min(left, _WAIT_SLICE)), "RIGHT", "LEFT")
+
+    # Workers ------------------------------------------------------------------------------------
+
+    def heartbeat(self, worker_id: str, info: dict[str, Any], now: int) -> None:
+        fields = {k: v if isinstance(v, str | int | float) else json.dumps(v) for k, v in info.items()}
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(self.keys.workers, {worker_id: now})
+        pipe.hset(self.keys.worker(worker_id), mapping={**fields, "heartbeat_at": now})
+        # The self-report outlives the heartbeat long enough for GET /workers to show a dead worker.
+        pipe.expire(self.keys.worker(worker_id), int(self.settings.worker_ttl * 6) + 1)
+        pipe.execute()
+
+    def live_workers(self, now: int) -> list[str]:
+        cutoff = now - int(self.settings.worker_ttl * 1000)
+        return sorted(w.decode() for w in self.redis.zrangebyscore(self.keys.workers, cutoff, "+inf"))
+
+    def dead_workers(self, now: int) -> list[str]:
+        cutoff = now - int(self.settings.worker_ttl * 1000)
+        return sorted(w.decode() for w in self.redis.zrangebyscore(self.keys.workers, "-inf", f"({cutoff}"))
+
+    def forget_workers(self, worker_ids: Sequence[str], now: int) -> list[str]:
+        """Removes the given workers if they are still dead; returns those removed."""
+        if not worker_ids:
+            return []
+        cutoff = now - int(self.settings.worker_ttl * 1000)
+        return [w.decode() for w in self._reap(args=[self.keys.prefix, cutoff, *worker_ids])]
+
+    def worker_report(self, now: int) -> list[dict[str, Any]]:
+        """Every known worker with heartbeat age and its self-report; live ones first."""
+        beats = self.redis.zrange(self.keys.workers, 0, -1, withscores=True)
+        pipe = self.redis.pipeline(transaction=False)
+        for worker, _ in beats:
+            pipe.hgetall(self.keys.worker(worker.decode()))
+        report = []
+        for (worker, beat), info in zip(beats, pipe.execute(), strict=True):
+            age = (now - int(beat)) / 1000
+            entry: dict[str, Any] = {k.decode(): _number(v.decode()) for k, v in info.items()}
+            entry.update(worker_id=worker.decode(), heartbeat_age=round(age, 3),
+                         live=age < self.settings.worker_ttl)
+            report.append(entry)
+        return sorted(report, key=lambda e: (not e["live"], e["worker_id"]))
+
+    # Stats --------------------------------------------------------------------------------------
+
+    def stats(self, now: int | None = None, minutes: int = 5) -> dict[str, Any]:
+        now = now_ms() if now is None else now
+        minute = now // 60_000
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.stats)
+        pipe.mget([self.keys.throughput(m) for m in range(minute - minutes + 1, minute + 1)])
+        raw, recent = pipe.execute()
+        counts = {name: 0 for name in _STAT_FIELDS}
+        counts.update({k.decode(): int(v) for k, v in raw.items()})
+        admitted = sum(counts[f"cache_{c}"] for c in ("hit", "miss", "coalesced", "bypass"))
+        finished = sum(int(v) for v in recent if v is not None)
+        return {
+            "tasks": {s: counts[s] for s in ("queued", "running", "succeeded", "failed")},
+            "cache": {c: counts[f"cache_{c}"] for c in ("hit", "miss", "coalesced", "bypass")},
+            "existing_ids": counts["exists"],
+            "cache_hit_ratio": round(counts["cache_hit"] / admitted, 4) if admitted else 0.0,
+            # Hits plus coalesced: the share of tasks that did not need their own computation.
+            "cache_saved_ratio": round((counts["cache_hit"] + counts["cache_coalesced"]) / admitted, 4)
+            if admitted else 0.0,
+            "throughput_per_minute": round(finished / minutes, 2),
+        }
+
+
+# BLMOVE blocks in slices so a long wait never exceeds the socket timeout of the pool.
+_WAIT_SLICE = 2.0
+
+
+def decode_record(task_id: str, raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    record: dict[str, Any] = {"task_id": task_id}
+    for key, value in raw.items():
+        name, text = key.decode(), value.decode()
+        if name in _JSON_FIELDS:
+            record[name] = json.loads(text)
+        elif name in _INT_FIELDS:
+            record[name] = int(text)
+        elif name != "admission":
+            record[name] = text
+    return record
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

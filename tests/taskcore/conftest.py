@@ -1,0 +1,108 @@
+"""Fixtures for taskcore tests: real Redis and RabbitMQ, one fresh NAMESPACE per test, and
+everything the test created removed afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pika
+import pika.exceptions
+import pytest
+import redis
+
+from taskcore.broker import Publisher, connection_parameters
+from taskcore.keys import Keys
+from taskcore.settings import Settings
+from taskcore.store import TaskStore
+
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+CLOSED_PORT_AMQP = "amqp://guest:guest@127.0.0.1:1/%2F"
+CLOSED_PORT_REDIS = "redis://127.0.0.1:1/0"
+
+
+@dataclass
+class Namespace:
+    settings: Settings
+    keys: Keys
+    worker_ids: set[str] = field(default_factory=set)
+    extra_queues: set[str] = field(default_factory=set)
+    extra_exchanges: set[str] = field(default_factory=set)
+
+
+def make_settings(namespace: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {"rabbitmq_url": RABBITMQ_URL, "redis_url": REDIS_URL, **overrides}
+    return Settings.from_env({}, namespace=namespace, **values)
+
+
+@pytest.fixture
+def ns() -> Iterator[Namespace]:
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    space = Namespace(make_settings(prefix), Keys(prefix))
+    yield space
+    _clean_redis(prefix)
+    _clean_rabbitmq(space)
+
+
+@pytest.fixture
+def settings(ns: Namespace) -> Settings:
+    return ns.settings
+
+
+@pytest.fixture
+def store(settings: Settings) -> TaskStore:
+    return TaskStore.for_settings(settings)
+
+
+@pytest.fixture
+def publisher(settings: Settings) -> Iterator[Publisher]:
+    with Publisher(settings) as pub:
+        yield pub
+
+
+@pytest.fixture
+def channel() -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
+    connection = pika.BlockingConnection(connection_parameters(RABBITMQ_URL, 10))
+    try:
+        channel = connection.channel()
+        # Confirm mode, so a publish from a test has reached its queue when basic_publish returns.
+        channel.confirm_delivery()
+        yield channel
+    finally:
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            connection.close()
+
+
+def _clean_redis(prefix: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    doomed = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if doomed:
+        client.delete(*doomed)
+    client.close()
+
+
+def _clean_rabbitmq(space: Namespace) -> None:
+    keys = space.keys
+    queues = {keys.shared_queue, keys.results_queue, keys.tasks_dead_queue, keys.results_dead_queue,
+              *(keys.worker_queue(w) for w in space.worker_ids), *space.extra_queues}
+    exchanges = {keys.tasks_exchange, keys.results_exchange, keys.dead_exchange, *space.extra_exchanges}
+    connection = pika.BlockingConnection(connection_parameters(RABBITMQ_URL, 10))
+    try:
+        channel = connection.channel()
+        for queue in sorted(queues):
+            channel.queue_delete(queue)
+        for exchange in sorted(exchanges):
+            channel.exchange_delete(exchange)
+    finally:
+        connection.close()
+
+
+def count_keys(prefix: str) -> list[bytes]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return sorted(client.scan_iter(match=f"{prefix}*", count=1000))
+    finally:
+        client.close()

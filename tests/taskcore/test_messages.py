@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from taskcore.messages import (
+    MessageError,
+    Task,
+    TaskResult,
+    TaskSpec,
+    ValidationError,
+    fingerprint,
+    parse_submission,
+    validate_submission,
+)
+from taskcore.settings import Settings
+
+SETTINGS = Settings.from_env({}, max_batch=3, max_body_bytes=4096)
+
+
+def body(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def code_of(raw: bytes | str, settings: Settings = SETTINGS) -> str:
+    with pytest.raises(ValidationError) as caught:
+        validate_submission(raw, settings)
+    return caught.value.code
+
+
+# Fingerprints ------------------------------------------------------------------------------------
+
+def test_fingerprint_is_sha256_of_canonical_json() -> None:
+    expected = hashlib.sha256(b'{"payload":{"a":1,"b":[1,2]},"type":"primes"}').hexdigest()
+    assert fingerprint("primes", {"b": [1, 2], "a": 1}) == expected
+    assert fingerprint("primes", {"a": 1, "b": [1, 2]}) == expected
+
+
+def test_fingerprint_separates_types_and_payloads() -> None:
+    assert fingerprint("primes", {"n": 5}) != fingerprint("primes", {"n": 6})
+    assert fingerprint("primes", {"n": 5}) != fingerprint("hash", {"n": 5})
+
+
+def test_normalised_payloads_share_a_fingerprint() -> None:
+    [a] = validate_submission(body({"type": "hash", "payload": {"data": "x"}}), SETTINGS)
+    [b] = validate_submission(body({"type": "hash", "payload": {"data": "x", "rounds": 1}}), SETTINGS)
+    [c] = validate_submission(body({"type": "sleep", "payload": {"seconds": 2.0}}), SETTINGS)
+    assert a.payload == {"data": "x", "rounds": 1}
+    assert a.fingerprint == b.fingerprint
+    assert c.payload == {"seconds": 2}
+
+
+# Valid submissions -------------------------------------------------------------------------------
+
+def test_single_task_with_defaults() -> None:
+    sub = parse_submission(body({"type": "primes", "payload": {"n": 50000}}), SETTINGS)
+    assert not sub.batch
+    assert sub.tasks == [TaskSpec("primes", {"n": 50000}, complexity=1, task_id=None, cache=True)]
+
+
+def test_batch_with_all_fields() -> None:
+    sub = parse_submission(body({"tasks": [
+        {"type": "primes", "payload": {"n": 10}, "complexity": 10, "task_id": "A-b_c.d:1", "cache": False},
+        {"type": "fail"},
+        {"type": "sleep", "payload": {"seconds": 0.25}, "task_id": None},
+    ]}), SETTINGS)
+    assert sub.batch
+    assert [t.type for t in sub.tasks] == ["primes", "fail", "sleep"]
+    assert sub.tasks[0] == TaskSpec("primes", {"n": 10}, 10, "A-b_c.d:1", False)
+    assert sub.tasks[1].payload == {"message": "task failed as requested"}
+    assert sub.tasks[2].task_id is None
+
+
+def test_str_body_is_accepted() -> None:
+    assert validate_submission('{"type": "sleep"}', SETTINGS)[0].payload == {"seconds": 0}
+
+
+# Every error code --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("raw", "code"), [
+    (b"{not json", "malformed_json"),
+    (b"", "malformed_json"),
+    (b"\xff\xfe", "malformed_json"),
+    (b'{"type": "sleep", "payload": {"seconds": NaN}}', "malformed_json"),
+    (b"[1, 2]", "not_an_object"),
+    (b'"primes"', "not_an_object"),
+    (body({"tasks": [{"type": "sleep"}, 5]}), "not_an_object"),
+    (body({"tasks": []}), "empty_batch"),
+    (body({"tasks": [{"type": "sleep"}] * 4}), "batch_too_large"),
+    (body({"tasks": {"type": "sleep"}}), "invalid_batch"),
+    (body({"tasks": [], "extra": 1}), "unknown_field"),
+    (body({"type": "sleep", "priority": 3}), "unknown_field"),
+    (body({"type": "teleport"}), "unknown_type"),
+    (body({"payload": {}}), "unknown_type"),
+    (body({"type": 5}), "unknown_type"),
+    (body({"type": "sleep", "complexity": 0}), "invalid_complexity"),
+    (body({"type": "sleep", "complexity": 11}), "invalid_complexity"),
+    (body({"type": "sleep", "complexity": 2.5}), "invalid_complexity"),
+    (body({"type": "sleep", "complexity": "3"}), "invalid_complexity"),
+    (body({"type": "sleep", "complexity": True}), "invalid_complexity"),
+    (body({"type": "sleep", "task_id": ""}), "invalid_task_id"),
+    (body({"type": "sleep", "task_id": "x" * 129}), "invalid_task_id"),
+    (body({"type": "sleep", "task_id": "has space"}), "invalid_task_id"),
+    (body({"type": "sleep", "task_id": "a/b"}), "invalid_task_id"),
+    (body({"type": "sleep", "task_id": 12}), "invalid_task_id"),
+    (body({"type": "sleep", "cache": "yes"}), "invalid_cache"),
+    (body({"type": "sleep", "cache": 1}), "invalid_cache"),
+    (body({"type": "primes", "payload": []}), "invalid_payload"),
+    (body({"type": "primes", "payload": {}}), "invalid_payload"),
+    (body({"type": "primes", "payload": {"n": "5"}}), "invalid_payload"),
+    (body({"type": "primes", "payload": {"n": 0}}), "invalid_payload"),
+    (body({"type": "primes", "payload": {"n": 5_000_001}}), "invalid_payload"),
+    (body({"type": "primes", "payload": {"n": True}}), "invalid_payload"),
+    (body({"type": "primes", "payload": {"n": 5, "m": 1}}), "invalid_payload"),
+    (body({"type": "hash", "payload": {}}), "invalid_payload"),
+    (body({"type": "hash", "payload": {"data": 5}}), "invalid_payload"),
+    (body({"type": "hash", "payload": {"data": "x", "rounds": 0}}), "invalid_payload"),
+    (body({"type": "hash", "payload": {"data": "x", "rounds": 100_001}}), "invalid_payload"),
+    (body({"type": "sleep", "payload": {"seconds": -1}}), "invalid_payload"),
+    (body({"type": "sleep", "payload": {"seconds": 601}}), "invalid_payload"),
+    (body({"type": "sleep", "payload": {"seconds": "1"}}), "invalid_payload"),
+    (body({"type": "fail", "payload": {"message": 3}}), "invalid_payload"),
+    (body({"type": "sleep", "payload": {"a": [[[[[[[[1]]]]]]]]}}), "payload_too_deep"),
+    (b'{"type": "sleep", "payload": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "payload_too_deep"),
+])
+def test_error_codes(raw: bytes, code: str) -> None:
+    settings = Settings.from_env({}, max_batch=3) if len(raw) > 4096 else SETTINGS
+    assert code_of(raw, settings) == code
+
+
+def test_body_too_large() -> None:
+    raw = body({"type": "hash", "payload": {"data": "x" * 5000}})
+    with pytest.raises(ValidationError) as caught:
+        validate_submission(raw, SETTINGS)
+    assert caught.value.code == "body_too_large"
+    assert caught.value.details == {"max_bytes": 4096, "bytes": len(raw)}
+
+
+def test_hash_data_limit_is_64_kib_of_utf8() -> None:
+    roomy = Settings.from_env({})
+    validate_submission(body({"type": "hash", "payload": {"data": "x" * 65536}}), roomy)
+    assert code_of(body({"type": "hash", "payload": {"data": "x" * 65537}}), roomy) == "invalid_payload"
+    assert code_of(body({"type": "hash", "payload": {"data": "é" * 32769}}), roomy) == "invalid_payload"
+
+
+def test_depth_eight_is_allowed_but_payload_schema_still_applies() -> None:
+    deep8 = {"a": [[[[[[[1]]]]]]]}  # eight levels of containers including the payload itself
+    assert code_of(body({"type": "sleep", "payload": deep8})) == "invalid_payload"
+
+
+def test_batch_errors_name_the_index() -> None:
+    with pytest.raises(ValidationError) as caught:
+        validate_submission(body({"tasks": [{"type": "sleep"}, {"type": "primes", "payload": {"n": -1}}]}),
+                            SETTINGS)
+    assert caught.value.code == "invalid_payload"
+    assert caught.value.details["index"] == 1
+    assert caught.value.details["field"] == "n"
+
+
+# Messages ----------------------------------------------------------------------------------------
+
+def test_task_round_trip() -> None:
+    spec = TaskSpec("primes", {"n": 10}, 3, "id-1", True)
+    task = Task.from_spec(spec, submitted_at=1_700_000_000_000)
+    assert task.fingerprint == spec.fingerprint
+    assert json.loads(task.to_json()) == {
+        "type": "primes", "payload": {"n": 10}, "complexity": 3, "task_id": "id-1", "cache": True,
+        "fingerprint": spec.fingerprint, "submitted_at": 1_700_000_000_000, "attempt": 0}
+    assert Task.from_json(task.to_json()) == task
+
+
+def test_task_needs_an_id() -> None:
+    with pytest.raises(ValueError):
+        Task.from_spec(TaskSpec("sleep", {"seconds": 0}), 0)
+
+
+@pytest.mark.parametrize("raw", [b"nope", b"[]", b'{"type": "primes"}',
+                                 b'{"type":"teleport","payload":{},"complexity":1,"task_id":"a","cache":true,'
+                                 b'"fingerprint":"f","submitted_at":1,"attempt":0}',
+                                 b'{"type":"primes","payload":{"n":-1},"complexity":1,"task_id":"a",'
+                                 b'"cache":true,"fingerprint":"f","submitted_at":1,"attempt":0}'])
+def test_unparseable_task_messages(raw: bytes) -> None:
+    with pytest.raises(MessageError):
+        Task.from_json(raw)
+
+
+def test_result_round_trip_and_shape() -> None:
+    ok = TaskResult("a", "fp", "succeeded", "w1", 1, 2, 1, result={"slept": 1})
+    assert json.loads(ok.to_json()) == {"task_id": "a", "fingerprint": "fp", "status": "succeeded",
+                                        "result": {"slept": 1}, "worker_id": "w1", "started_at": 1,
+                                        "finished_at": 2, "attempt": 1}
+    assert TaskResult.from_json(ok.to_json()) == ok
+    bad = TaskResult("b", "fp", "failed", "w1", 1, 2, 3, error="TaskFailed: boom")
+    assert "result" not in json.loads(bad.to_json())
+    assert TaskResult.from_json(bad.to_json()) == bad
+
+
+@pytest.mark.parametrize("raw", [b"{}", b'{"task_id":"a","fingerprint":"f","status":"done","worker_id":"w",'
+                                       b'"started_at":1,"finished_at":2,"attempt":1}',
+                                 b'{"task_id":"a","fingerprint":"f","status":"failed","worker_id":"w",'
+                                 b'"started_at":1,"finished_at":2,"attempt":1}'])
+def test_unparseable_result_messages(raw: bytes) -> None:
+    with pytest.raises(MessageError):
+        TaskResult.from_json(raw)
+
+
+@pytest.mark.parametrize(("field", "value"), [("complexity", 11), ("complexity", 0), ("task_id", "a b"),
+                                              ("attempt", "1"), ("cache", 1)])
+def test_task_message_fields_are_checked(field: str, value: object) -> None:
+    data = json.loads(Task.from_spec(TaskSpec("sleep", {"seconds": 0}, 1, "a"), 1).to_json())
+    data[field] = value
+    with pytest.raises(MessageError):
+        Task.from_json(json.dumps(data))

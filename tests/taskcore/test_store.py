@@ -1,0 +1,284 @@
+"""TaskStore and its Lua scripts against the real Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from taskcore.messages import Task, TaskResult, TaskSpec
+from taskcore.settings import Settings
+from taskcore.store import TaskStore
+from tests.taskcore.conftest import Namespace, count_keys, make_settings
+
+NOW = 1_700_000_000_000
+
+
+def task(task_id: str, n: int = 10, cache: bool = True, complexity: int = 1) -> Task:
+    return Task.from_spec(TaskSpec("primes", {"n": n}, complexity, task_id, cache), NOW)
+
+
+def result(t: Task, status: str = "succeeded", value: object = 4, worker: str = "w1") -> TaskResult:
+    if status == "succeeded":
+        return TaskResult(t.task_id, t.fingerprint, status, worker, NOW + 1, NOW + 2, 1, result=value)
+    return TaskResult(t.task_id, t.fingerprint, status, worker, NOW + 1, NOW + 2, 3, error="TaskFailed: boom")
+
+
+def beat(store: TaskStore, *workers: str, at: int = NOW) -> None:
+    for worker in workers:
+        store.heartbeat(worker, {"host": "h", "pid": 1, "concurrency": 2, "in_flight": 0, "processed": 5}, at)
+
+
+# Admission ---------------------------------------------------------------------------------------
+
+def test_leader_then_coalesced_then_hit(store: TaskStore, ns: Namespace) -> None:
+    beat(store, "w1")
+    a, b, c = task("a"), task("b"), task("c")
+    [leader] = store.admit([a], NOW)
+    assert (leader.outcome, leader.status, leader.cache, leader.worker_id) == (
+        "dispatch", "queued", "miss", "w1")
+    assert store.redis.get(ns.keys.inflight(a.fingerprint)) == b"a"
+    pttl = store.redis.pttl(ns.keys.inflight(a.fingerprint))
+    assert 0 < pttl <= store.settings.inflight_ttl_ms(1)
+
+    [follower] = store.admit([b], NOW)
+    assert (follower.outcome, follower.status, follower.cache, follower.leader) == ("coalesced", "queued",
+                                                                                   "coalesced", "a")
+    assert follower.worker_id == "w1"
+    assert store.redis.smembers(ns.keys.followers(a.fingerprint)) == {b"b"}
+    assert store.get("b")["leader"] == "a"
+
+    assert store.complete([result(a)], NOW + 3) == ["completed"]
+    [hit] = store.admit([c], NOW + 4)
+    assert (hit.outcome, hit.status, hit.cache) == ("hit", "succeeded", "hit")
+    record = store.get("c")
+    assert record["result"] == 4 and record["status"] == "succeeded"
+    assert 0 < store.redis.ttl(ns.keys.task("c")) <= store.settings.result_ttl
+
+
+def test_bypass_neither_reads_nor_coalesces_nor_writes_the_cache(store: TaskStore, ns: Namespace) -> None:
+    a = task("a")
+    store.admit([a], NOW)
+    store.complete([result(a, value=4)], NOW)
+    b = task("b", cache=False)
+    [bypass] = store.admit([b], NOW)
+    assert (bypass.outcome, bypass.cache, bypass.worker_id) == ("dispatch", "bypass", "shared")
+    assert store.redis.get(ns.keys.inflight(b.fingerprint)) is None
+    store.redis.delete(ns.keys.result(a.fingerprint))
+    assert store.complete([result(b, value=4)], NOW) == ["completed"]
+    assert store.redis.get(ns.keys.result(b.fingerprint)) is None
+    assert store.get("b")["result"] == 4
+
+
+def test_bypass_while_a_leader_runs_does_not_resolve_its_followers(store: TaskStore) -> None:
+    leader, follower, bypass = task("l"), task("f"), task("x", cache=False)
+    store.admit([leader, follower, bypass], NOW)
+    store.complete([result(bypass)], NOW)
+    assert store.get("f")["status"] == "queued"
+    store.complete([result(leader)], NOW)
+    assert store.get("f")["status"] == "succeeded"
+
+
+def test_existing_task_id_is_reported_and_not_dispatched(store: TaskStore) -> None:
+    a = task("same")
+    [first] = store.admit([a], NOW)
+    [again] = store.admit([task("same", n=99)], NOW + 1)
+    assert first.outcome == "dispatch"
+    assert (again.outcome, again.status, again.cache, again.worker_id) == (
+        "exists", "queued", "miss", "shared")
+    assert store.get("same")["payload"] == {"n": 10}
+    # the same id twice in one batch: the second is "exists"
+    assert [x.outcome for x in store.admit([task("dup", 5), task("dup", 5)], NOW)] == ["dispatch", "exists"]
+
+
+def test_a_resent_admission_gets_its_first_answer(store: TaskStore) -> None:
+    tasks = [task("a"), task("b"), task("c", n=11)]
+    first = store.admit(tasks, NOW, token="tok")
+    again = store.admit(tasks, NOW, token="tok")
+    assert [x.outcome for x in first] == ["dispatch", "coalesced", "dispatch"]
+    assert [x.outcome for x in again] == [x.outcome for x in first]
+    assert [x.outcome for x in store.admit(tasks, NOW, token="other")] == ["exists"] * 3
+
+
+def test_round_robin_over_four_live_workers(store: TaskStore) -> None:
+    beat(store, "w3", "w1", "w4", "w2")
+    admissions = store.admit([task(f"t{i}", n=100 + i) for i in range(40)], NOW)
+    assert Counter(a.worker_id for a in admissions) == {"w1": 10, "w2": 10, "w3": 10, "w4": 10}
+    # sorted order, one after the other
+    assert [a.worker_id for a in admissions[:4]] == ["w1", "w2", "w3", "w4"]
+
+
+def test_dead_worker_is_never_chosen(store: TaskStore, settings: Settings) -> None:
+    beat(store, "live1", "live2")
+    beat(store, "dead", at=NOW - int(settings.worker_ttl * 1000) - 1)
+    workers = {a.worker_id for a in store.admit([task(f"t{i}", n=200 + i) for i in range(20)], NOW)}
+    assert workers == {"live1", "live2"}
+    assert store.live_workers(NOW) == ["live1", "live2"]
+    assert store.dead_workers(NOW) == ["dead"]
+
+
+def test_no_live_worker_means_shared(store: TaskStore, settings: Settings) -> None:
+    beat(store, "old", at=NOW - 60_000)
+    assert store.admit([task("a")], NOW)[0].worker_id == "shared"
+
+
+def test_shared_dispatch_mode(ns: Namespace) -> None:
+    store = TaskStore.for_settings(make_settings(ns.settings.namespace, dispatch_mode="shared"))
+    beat(store, "w1")
+    assert store.admit([task("a")], NOW)[0].worker_id == "shared"
+
+
+# Completion --------------------------------------------------------------------------------------
+
+def test_complete_resolves_followers_and_caches_with_ttl(store: TaskStore, ns: Namespace) -> None:
+    beat(store, "w1")
+    leader, *followers = [task(x, n=77) for x in ("lead", "f1", "f2", "f3")]
+    store.admit([leader], NOW)
+    store.admit(followers, NOW)
+    assert store.complete([result(leader, value=21, worker="w1")], NOW + 5) == ["completed"]
+    fp = leader.fingerprint
+    assert json.loads(store.redis.get(ns.keys.result(fp))) == 21
+    assert 0 < store.redis.pttl(ns.keys.result(fp)) <= store.settings.cache_ttl * 1000
+    assert store.redis.exists(ns.keys.inflight(fp), ns.keys.followers(fp)) == 0
+    for task_id in ("lead", "f1", "f2", "f3"):
+        record = store.get(task_id)
+        assert (record["status"], record["result"], record["worker_id"]) == ("succeeded", 21, "w1")
+        assert 0 < store.redis.pttl(ns.keys.task(task_id)) <= store.settings.result_ttl * 1000
+    assert store.get("f1")["cache"] == "coalesced" and store.get("lead")["cache"] == "miss"
+
+
+def test_failed_leader_fails_followers_and_caches_nothing(store: TaskStore, ns: Namespace) -> None:
+    leader, follower = task("a"), task("b")
+    store.admit([leader, follower], NOW)
+    store.complete([result(leader, status="failed")], NOW)
+    assert store.get("b")["status"] == "failed"
+    assert store.get("b")["error"] == "TaskFailed: boom"
+    assert store.get("a")["attempt"] == 3
+    assert store.redis.get(ns.keys.result(leader.fingerprint)) is None
+    assert store.redis.get(ns.keys.inflight(leader.fingerprint)) is None
+
+
+def test_complete_is_idempotent(store: TaskStore, ns: Namespace) -> None:
+    a, b = task("a"), task("b", n=11)
+    store.admit([a, b], NOW)
+    assert store.complete([result(a, value=4), result(b, value=5)], NOW) == ["completed", "completed"]
+    before = {k: store.redis.dump(k) for k in count_keys(ns.settings.namespace) if b"done:" not in k}
+    replay = [result(a, value=999, worker="other"), result(a)]
+    assert store.complete(replay, NOW) == ["duplicate", "duplicate"]
+    after = {k: store.redis.dump(k) for k in count_keys(ns.settings.namespace) if b"done:" not in k}
+    assert before == after
+    assert store.get("a")["result"] == 4
+
+
+def test_mark_running(store: TaskStore, ns: Namespace) -> None:
+    a = task("a", complexity=2)
+    store.admit([a], NOW)
+    assert store.mark_running("a", "w9", 1, NOW + 10, complexity=2) == "running"
+    record = store.get("a")
+    assert (record["status"], record["worker_id"], record["attempt"], record["started_at"]) == (
+        "running", "w9", 1, NOW + 10)
+    assert store.redis.pttl(ns.keys.inflight(a.fingerprint)) <= store.settings.running_ttl_ms(2)
+    assert store.stats(NOW)["tasks"]["running"] == 1
+    store.complete([result(a)], NOW)
+    assert store.mark_running("a", "w9", 2, NOW + 20) == "final"
+    assert store.mark_running("nobody", "w9", 1, NOW) == "missing"
+    stats = store.stats(NOW)
+    assert stats["tasks"] == {"queued": 0, "running": 0, "succeeded": 1, "failed": 0}
+
+
+# Undo --------------------------------------------------------------------------------------------
+
+def test_undo_leaves_no_inflight_key_or_record(store: TaskStore, ns: Namespace) -> None:
+    beat(store, "w1")
+    admissions = store.admit([task("a"), task("b"), task("c", cache=False)], NOW)
+    assert store.undo(admissions, NOW) == 3
+    remaining = [k for k in count_keys(ns.settings.namespace)
+                 if not k.endswith((b"workers", b"worker:w1", b"rr", b"stats"))]
+    assert remaining == []
+    assert store.stats(NOW)["tasks"]["queued"] == 0
+    # the ids are free again
+    assert store.admit([task("a")], NOW)[0].outcome == "dispatch"
+
+
+def test_undo_fails_followers_from_other_requests(store: TaskStore) -> None:
+    [lead] = store.admit([task("lead")], NOW)
+    store.admit([task("other")], NOW)  # another request coalesced onto the leader
+    store.undo([lead], NOW)
+    record = store.get("other")
+    assert record["status"] == "failed"
+    assert "could not be dispatched" in record["error"]
+
+
+def test_undo_keeps_a_task_a_worker_already_started(store: TaskStore, ns: Namespace) -> None:
+    [lead] = store.admit([task("a")], NOW)
+    store.mark_running("a", "w1", 1, NOW)
+    assert store.undo([lead], NOW) == 0
+    assert store.get("a")["status"] == "running"
+    assert store.redis.get(ns.keys.inflight(lead.task.fingerprint)) == b"a"
+
+
+# Long-poll ---------------------------------------------------------------------------------------
+
+def test_wait_returns_promptly_when_completed_from_another_thread(store: TaskStore) -> None:
+    a = task("a")
+    store.admit([a, task("b")], NOW)
+    timer = threading.Timer(0.3, lambda: store.complete([result(a)], NOW))
+    timer.start()
+    woken: dict[str, float] = {}
+
+    def waiter(task_id: str) -> None:
+        start = time.monotonic()
+        record = store.wait(task_id, 10)
+        assert record is not None and record["status"] == "succeeded"
+        woken[task_id] = time.monotonic() - start
+
+    threads = [threading.Thread(target=waiter, args=(t,)) for t in ("a", "a", "b")]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    timer.join()
+    assert time.monotonic() - start < 1.5  # far below the 10 s wait and the 2 s block slice
+    assert set(woken) == {"a", "b"}
+
+
+def test_wait_times_out_and_handles_unknown_ids(store: TaskStore) -> None:
+    store.admit([task("a")], NOW)
+    start = time.monotonic()
+    assert store.wait("a", 0.3)["status"] == "queued"
+    assert 0.25 < time.monotonic() - start < 1.5
+    assert store.wait("unknown", 5) is None
+    store.complete([result(task("a"))], NOW)
+    assert store.wait("a", 0)["status"] == "succeeded"
+
+
+# Workers and stats -------------------------------------------------------------------------------
+
+def test_worker_report_and_forgetting_dead_workers(store: TaskStore, settings: Settings,
+                                                   ns: Namespace) -> None:
+    beat(store, "w1")
+    beat(store, "w2", at=NOW - 20_000)
+    report = store.worker_report(NOW)
+    assert [(w["worker_id"], w["live"]) for w in report] == [("w1", True), ("w2", False)]
+    assert report[0]["processed"] == 5 and report[0]["heartbeat_age"] == 0
+    assert store.forget_workers(["w1", "w2"], NOW) == ["w2"]  # w1 is alive: kept
+    assert store.redis.exists(ns.keys.worker("w2")) == 0
+    assert store.live_workers(NOW) == ["w1"] and store.dead_workers(NOW) == []
+    assert 0 < store.redis.ttl(ns.keys.worker("w1")) <= settings.worker_ttl * 6 + 1
+
+
+def test_stats_counts(store: TaskStore) -> None:
+    a = task("a")
+    store.admit([a, task("b"), task("c", n=11, cache=False)], NOW)
+    store.complete([result(a)], NOW)
+    store.admit([task("d"), task("a")], NOW)
+    stats = store.stats(NOW)
+    assert stats["cache"] == {"hit": 1, "miss": 1, "coalesced": 1, "bypass": 1}
+    assert stats["existing_ids"] == 1
+    assert stats["tasks"] == {"queued": 1, "running": 0, "succeeded": 3, "failed": 0}
+    assert stats["cache_hit_ratio"] == 0.25 and stats["cache_saved_ratio"] == 0.5
+    assert stats["throughput_per_minute"] == pytest.approx(2 / 5)
