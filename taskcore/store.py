@@ -54,7 +54,7 @@ class Admission:
     def reply(self) -> dict[str, Any]:
         """The per-task answer of POST /supervise."""
         return {"task_id": self.task.task_id, "status": self.status, "cache": self.cache,
-                "worker_id": self.worker_id}
+                "worker_id": self.worker_id, "existing": self.outcome == "exists"}
 
 
 class TaskStorage(Protocol):

@@ -56,10 +56,10 @@ def _submit(specs: list[TaskSpec], batch: bool) -> Response:
         return json_response(reply.body, reply.status)
     accepted = [
         {"task_id": item["task_id"], "status": item["status"], "cache": item.get("cache"),
-         "result_url": supervisor.result_url(item["task_id"])}
+         "existing": item.get("existing", False), "result_url": supervisor.result_url(item["task_id"])}
         for item in reply.body.get("tasks", [])
     ]
-    status = 200 if all(item["status"] == "exists" for item in accepted) else 202
+    status = 200 if all(item["existing"] for item in accepted) else 202
     return json_response({"tasks": accepted} if batch else accepted[0], status)
 
 

@@ -33,7 +33,7 @@ MAX_WAIT_SECONDS = 20.0  # below the function's 30 s timeout, so a long-poll ans
 def supervise() -> Response:
     submission = parse_submission(app.current_request.raw_body or b"", settings)
     replies = dispatch.submit(submission.tasks, settings, store, publisher)
-    status = 200 if all(reply["status"] == "exists" for reply in replies) else 202
+    status = 200 if all(reply["existing"] for reply in replies) else 202
     return json_response({"tasks": replies} if submission.batch else replies[0], status)
 
 

@@ -45,7 +45,7 @@ def test_submit_publishes_leaders_only(ns: Namespace, store: TaskStore, publishe
         ("queued", "miss", "w1"), ("queued", "coalesced", "w1"), ("queued", "miss", "w2"),
         ("queued", "miss", "w1"), ("queued", "bypass", "w2")]
     assert replies[3]["task_id"]  # an id was assigned
-    assert set(replies[0]) == {"task_id", "status", "cache", "worker_id"}
+    assert set(replies[0]) == {"task_id", "status", "cache", "worker_id", "existing"}
     on_w1 = drain(channel, ns.keys.worker_queue("w1"))
     on_w2 = drain(channel, ns.keys.worker_queue("w2"))
     assert [t.task_id for t in on_w1] == ["a", replies[3]["task_id"]]
@@ -53,7 +53,8 @@ def test_submit_publishes_leaders_only(ns: Namespace, store: TaskStore, publishe
     assert on_w1[0].payload == {"n": 10} and on_w1[0].attempt == 0 and on_w1[0].submitted_at == now
     # a repeated task_id returns the existing task and dispatches nothing
     again = submit([spec(10, "a")], ns.settings, store, publisher, now)
-    assert again == [{"task_id": "a", "status": "queued", "cache": "miss", "worker_id": "w1"}]
+    assert again == [{"task_id": "a", "status": "queued", "cache": "miss", "worker_id": "w1",
+                      "existing": True}]
     assert drain(channel, ns.keys.worker_queue("w1")) == []
 
 

@@ -1,0 +1,130 @@
+"""The whole system, for real: localfaas running template.yaml, the worker fleet, RabbitMQ and
+Redis, all in a namespace of the test run's own that is removed afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+import redis
+
+from taskcore.keys import Keys
+from tests.localfaas.conftest import RunningHost, http, start_host
+
+ROOT = Path(__file__).parents[2]
+RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+UNIT_SECONDS = "0.05"
+
+
+@dataclass
+class Stack:
+    namespace: str
+    host: RunningHost
+    fleet: subprocess.Popen[bytes]
+    fleet_log: Path
+    env: dict[str, str]
+
+    @property
+    def producer(self) -> str:
+        return self.host.urls["Producer"]
+
+    @property
+    def supervisor(self) -> str:
+        return self.host.urls["Supervisor"]
+
+    def produce(self, body: Any) -> tuple[int, Any]:
+        status, _, reply = http("POST", self.producer + "produce", json.dumps(body).encode(),
+                                {"Content-Type": "application/json"})
+        return status, json.loads(reply)
+
+    def result(self, task_id: str, wait: float = 0) -> tuple[int, Any]:
+        suffix = f"?wait={wait:g}" if wait else ""
+        status, _, reply = http("GET", f"{self.supervisor}results/{task_id}{suffix}")
+        return status, json.loads(reply)
+
+    def wait_final(self, task_id: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, record = self.result(task_id, wait=10)
+            if status == 200 and record["status"] in ("succeeded", "failed"):
+                return record
+        raise AssertionError(f"task {task_id} not final after {timeout}s: {self.result(task_id)}")
+
+    def executions(self) -> list[dict[str, Any]]:
+        """Every task execution the workers logged (one JSON line each)."""
+        lines = self.fleet_log.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{") and '"executed"' in line]
+
+
+def cleanup(namespace: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True)
+    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    channel = connection.channel()
+    for name in listed.stdout.split():
+        if name.startswith(namespace):
+            channel.queue_delete(name)
+    names = Keys(namespace)
+    for exchange in (names.tasks_exchange, names.results_exchange, names.dead_exchange):
+        channel.exchange_delete(exchange)
+    connection.close()
+
+
+def start_stack(run_dir: Path, workers: int = 4, extra_env: dict[str, str] | None = None) -> Stack:
+    namespace = f"e2e{uuid.uuid4().hex[:8]}."
+    settings = {"NAMESPACE": namespace, "RABBITMQ_URL": RABBITMQ_URL, "REDIS_URL": REDIS_URL,
+                "TASK_UNIT_SECONDS": UNIT_SECONDS, **(extra_env or {})}
+    env = {**os.environ, **settings}
+    subprocess.run([sys.executable, "infra/declare_topology.py"], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    host = start_host(ROOT / "template.yaml", run_dir / "localfaas",
+                      overrides={"Namespace": namespace, "RabbitmqUrl": RABBITMQ_URL, "RedisUrl": REDIS_URL,
+                                 "TaskUnitSeconds": UNIT_SECONDS,
+                                 **{k: v for k, v in (extra_env or {}).items() if k == "WorkerTtl"}},
+                      extra_args=["--minute-seconds", "1"])
+    fleet_log = run_dir / "fleet.log"
+    with open(fleet_log, "wb") as log:
+        fleet = subprocess.Popen([sys.executable, "-m", "worker_fleet", "--workers", str(workers),
+                                  "--concurrency", "2"], cwd=ROOT, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
+    stack = Stack(namespace, host, fleet, fleet_log, env)
+    deadline = time.monotonic() + 30
+    while len(json.loads(http("GET", stack.supervisor + "workers")[2])["workers"]) < workers:
+        if time.monotonic() > deadline or fleet.poll() is not None:
+            stop_stack(stack)
+            raise RuntimeError(f"the fleet did not come up:\n{fleet_log.read_text()}")
+        time.sleep(0.2)
+    return stack
+
+
+def stop_stack(stack: Stack) -> None:
+    if stack.fleet.poll() is None:
+        stack.fleet.send_signal(signal.SIGTERM)
+        try:
+            stack.fleet.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            stack.fleet.kill()
+    stack.host.stop()
+    cleanup(stack.namespace)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = start_stack(tmp_path_factory.mktemp("stack"))
+    yield running
+    stop_stack(running)
