@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv services test lint run bench clean
+.PHONY: venv services test lint run load-test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,11 @@ lint: venv
 test: venv services lint
 	$(BIN)/pytest -q
 
-run: venv services
-	$(BIN)/localfaas start template.yaml --env-file infra/local.env
+run: venv
+	infra/run.sh
+
+load-test: venv services
+	$(BIN)/python bench/load_test.py
 
 bench: venv services
 	$(BIN)/python bench/localfaas_bench.py

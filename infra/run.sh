@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# `make run`: the whole system on this machine. RabbitMQ and Redis (started if stopped), the
+# topology, localfaas on template.yaml, and a fleet of 4 workers; Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+set -a
+# shellcheck disable=SC1091
+. infra/local.env
+set +a
+
+infra/services.sh
+.venv/bin/python infra/declare_topology.py
+
+mkdir -p .localfaas
+rm -f .localfaas/state.json
+.venv/bin/localfaas start template.yaml --env-file infra/local.env --run-dir .localfaas &
+faas=$!
+.venv/bin/python -m worker_fleet --workers "${WORKERS:-4}" --concurrency "${CONCURRENCY:-2}" \
+  > .localfaas/fleet.log 2>&1 &
+fleet=$!
+
+stop() {
+  trap - INT TERM EXIT
+  echo "run: stopping"
+  kill -TERM "$fleet" "$faas" 2>/dev/null || true
+  wait "$fleet" "$faas" 2>/dev/null || true
+}
+trap stop INT TERM EXIT
+
+for _ in $(seq 1 100); do
+  [ -f .localfaas/state.json ] && break
+  sleep 0.1
+done
+producer=$(.venv/bin/python -c "import json; print(json.load(open('.localfaas/state.json'))['urls']['Producer'])")
+supervisor=$(.venv/bin/python -c "import json; print(json.load(open('.localfaas/state.json'))['urls']['Supervisor'])")
+cat <<MSG
+
+run: the system is up (worker log: .localfaas/fleet.log, function logs: .localfaas/logs/)
+  producer    $producer
+  supervisor  $supervisor
+Try:
+  curl -s -X POST ${producer}produce -H 'content-type: application/json' \\
+       -d '{"type": "primes", "payload": {"n": 50000}, "complexity": 3}'
+  curl -s '${supervisor}results/<task_id>?wait=10'
+  curl -s ${supervisor}workers ; curl -s ${supervisor}stats
+Ctrl-C stops everything.
+MSG
+wait "$faas"

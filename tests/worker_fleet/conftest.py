@@ -1,0 +1,182 @@
+"""Runs the real worker fleet (`python -m worker_fleet`) against the real RabbitMQ and Redis, each test
+in a NAMESPACE of its own whose queues, exchanges and keys are removed afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+import redis
+
+from taskcore.broker import Publisher, declare_topology
+from taskcore.keys import Keys, routing_key_for
+from taskcore.messages import Task, TaskResult, validate_task
+from taskcore.settings import Settings
+from taskcore.store import TaskStore, now_ms
+from worker_fleet import retries
+
+ROOT = Path(__file__).parents[2]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str | Callable[[], str],
+               interval: float = 0.05) -> Any:
+    """Polls `predicate` until it is truthy; `what` (lazily) says what was awaited when it never is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            text = what if isinstance(what, str) else what()
+            raise AssertionError(f"timed out after {timeout} s waiting for {text}")
+        time.sleep(interval)
+
+
+class Fleet:
+    """One `python -m worker_fleet` parent process and its JSON log."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, args: list[str]) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen([sys.executable, "-m", "worker_fleet", *args], env=env, cwd=ROOT,
+                                        stdout=self._log, stderr=subprocess.STDOUT)
+
+    def events(self, event: str | None = None, **match: Any) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a traceback or warning: shown by dump() when a test fails
+            if event not in (None, entry.get("event")):
+                continue
+            if all(entry.get(k) == v for k, v in match.items()):
+                found.append(entry)
+        return found
+
+    def wait_event(self, event: str, timeout: float = 15, count: int = 1,
+                   **match: Any) -> list[dict[str, Any]]:
+        return wait_until(lambda: len(found := self.events(event, **match)) >= count and found, timeout,
+                          lambda: f"{count} x {event} {match}\n{self.dump()}")
+
+    def dump(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)  # the workers die with it (PR_SET_PDEATHSIG)
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+class Env:
+    """A namespace with its settings, store, publisher and fleets; cleans everything up on close."""
+
+    def __init__(self, tmp_path: Path, **variables: str) -> None:
+        self.namespace = f"t{uuid.uuid4().hex[:8]}:"
+        self.tmp_path = tmp_path
+        self.vars = {**os.environ, "NAMESPACE": self.namespace, "TASK_UNIT_SECONDS": "0.05",
+                     "HEARTBEAT_SECONDS": "0.5", "PYTHONUNBUFFERED": "1", **variables}
+        self.settings = Settings.from_env(self.vars)
+        self.keys = Keys(self.namespace)
+        self.store = TaskStore(self.settings, redis.Redis.from_url(self.settings.redis_url))
+        self.publisher = Publisher(self.settings)
+        declare_topology(self.publisher.channel, self.settings)
+        self.fleets: list[Fleet] = []
+        self.worker_ids: set[str] = set()
+        self.delay_queues: set[str] = set()
+
+    def start(self, workers: int = 1, concurrency: int = 2, grace: float = 10, prefix: str = "w",
+              **env: str) -> Fleet:
+        variables = {**self.vars, **env}
+        settings = Settings.from_env(variables)
+        self.delay_queues |= {retries.delay_queue(settings, ms) for ms in retries.retry_delays_ms(settings)}
+        self.worker_ids |= {f"{prefix}-{i}" for i in range(workers)}
+        fleet = Fleet(variables, self.tmp_path / f"fleet{len(self.fleets)}.log",
+                      ["--workers", str(workers), "--concurrency", str(concurrency), "--grace", str(grace),
+                       "--id-prefix", prefix])
+        self.fleets.append(fleet)
+        fleet.wait_event("connected", count=workers, timeout=20)
+        return fleet
+
+    def submit(self, worker_id: str, *items: dict[str, Any]) -> list[Task]:
+        """Admits tasks in Redis (so the record exists, as after POST /supervise), then publishes them
+        to `worker_id`'s queue ("shared" for the shared queue), with a broker confirm."""
+        tasks = [Task.from_spec(validate_task(item).with_id(uuid.uuid4().hex), now_ms()) for item in items]
+        self.store.admit(tasks, now_ms())
+        self.publisher.publish_tasks([(routing_key_for(worker_id), task) for task in tasks])
+        return tasks
+
+    def publish_raw(self, worker_id: str, body: bytes) -> None:
+        message = (routing_key_for(worker_id), body, uuid.uuid4().hex)
+        self.publisher.publish(self.keys.tasks_exchange, [message])
+
+    def get_all(self, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
+        messages = []
+        while True:
+            method, properties, body = self.publisher.channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return messages
+            messages.append((properties, body))
+
+    def results(self, count: int, timeout: float = 20) -> list[TaskResult]:
+        """Takes results off the results queue until `count` arrived; more may still come later."""
+        found: list[TaskResult] = []
+
+        def enough() -> bool:
+            found.extend(TaskResult.from_json(body) for _, body in self.get_all(self.keys.results_queue))
+            return len(found) >= count
+
+        wait_until(enough, timeout, lambda: f"{count} results, have {found}\n{self.fleets[-1].dump()}")
+        return found
+
+    def depth(self, queue: str) -> int:
+        return self.publisher.channel.queue_declare(queue, passive=True).method.message_count
+
+    def close(self) -> None:
+        for fleet in self.fleets:
+            fleet.stop()
+        queues = [self.keys.shared_queue, self.keys.results_queue, self.keys.tasks_dead_queue,
+                  self.keys.results_dead_queue, *map(self.keys.worker_queue, self.worker_ids),
+                  *self.delay_queues]
+        for queue in queues:
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):  # never declared
+                self.publisher.channel.queue_delete(queue)
+        for exchange in (self.keys.tasks_exchange, self.keys.results_exchange, self.keys.dead_exchange):
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                self.publisher.channel.exchange_delete(exchange)
+        self.publisher.close()
+        keys = list(self.store.redis.scan_iter(match=f"{self.namespace}*", count=1000))
+        if keys:
+            self.store.redis.delete(*keys)
+        self.store.redis.close()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    environment = Env(tmp_path)
+    try:
+        yield environment
+    finally:
+        environment.close()

@@ -1,0 +1,121 @@
+"""One attempt of one task, run in a pool thread: mark it running, simulate its duration, compute it.
+
+Nothing here touches the broker connection (pika connections are not thread-safe); the outcome is
+handed back to the connection thread, which publishes and acks (worker.py).
+
+Time limits and cancellation are cooperative: the simulated duration and the `sleep` type wait on the
+attempt's `cancel` event, so an attempt that hits its time limit (or a worker that lost its broker
+connection) stops within moments instead of occupying a thread. The real computations (primes, hash)
+are bounded by the payload limits of taskcore.registry to well under a second, so a thread that cannot
+be interrupted there finishes soon anyway; its late outcome is discarded by the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from taskcore import registry, work
+from taskcore.messages import Task
+from taskcore.settings import Settings
+from taskcore.store import TaskStore, now_ms
+from worker_fleet.logs import log
+
+# mark_running is retried this often (with these pauses) before the attempt runs without it: the
+# record is bookkeeping, the message is the source of truth, and the result handler needs Redis anyway.
+MARK_RUNNING_PAUSES = (0.2, 0.5, 1.0, 2.0)
+
+
+class Cancelled(Exception):
+    """The attempt was told to stop (time limit, lost connection, shutdown)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an attempt came to. status: "succeeded", "failed", or "skipped" (nothing to run: the task
+    is already final, or its record is missing because its admission was undone)."""
+
+    status: str
+    started_at: int
+    finished_at: int
+    result: Any = None
+    error: str | None = None
+    # False for failures that another attempt would not fix (a time limit).
+    retryable: bool = True
+    reason: str = ""
+
+
+def attempt_number(task: Task) -> int:
+    """The message's `attempt` counts the attempts already made (0 at admission); this is the next."""
+    return task.attempt + 1
+
+
+def run_attempt(task: Task, worker_id: str, settings: Settings, store: TaskStore,
+                cancel: threading.Event) -> Outcome:
+    attempt = attempt_number(task)
+    started = now_ms()
+    state = _mark_running(task, worker_id, attempt, started, store)
+    if state in ("final", "missing"):
+        log("skipped", task_id=task.task_id, worker_id=worker_id, attempt=attempt, reason=state)
+        return Outcome("skipped", started, now_ms(), reason=state)
+    log("started", task_id=task.task_id, worker_id=worker_id, pid=os.getpid(), attempt=attempt,
+        type=task.type)
+    try:
+        result = _compute(task, settings, cancel)
+        outcome = Outcome("succeeded", started, now_ms(), result=result)
+    except Cancelled:
+        outcome = Outcome("failed", started, now_ms(), error="cancelled", retryable=False, reason="cancelled")
+    except work.TaskFailed as error:
+        outcome = Outcome("failed", started, now_ms(), error=str(error))
+    except Exception as error:  # any failure of the task's code is the task's failure, retried
+        outcome = Outcome("failed", started, now_ms(), error=f"{type(error).__name__}: {error}")
+    _count(task, worker_id, attempt, outcome, store)
+    return outcome
+
+
+def _compute(task: Task, settings: Settings, cancel: threading.Event) -> Any:
+    if cancel.wait(task.complexity * settings.task_unit_seconds):
+        raise Cancelled
+    if task.type == "sleep":
+        # The sleep type's own pause must be interruptible too, or a time limit could not stop it.
+        payload = registry.TASK_TYPES["sleep"].validate(task.payload)
+        return work.sleep(payload["seconds"], pause=lambda seconds: _pause(seconds, cancel))
+    return registry.execute(task.type, task.payload)
+
+
+def _pause(seconds: float, cancel: threading.Event) -> None:
+    if cancel.wait(seconds):
+        raise Cancelled
+
+
+def _mark_running(task: Task, worker_id: str, attempt: int, started: int, store: TaskStore) -> str:
+    for pause in (*MARK_RUNNING_PAUSES, None):
+        try:
+            return store.mark_running(task.task_id, worker_id, attempt, started, task.complexity)
+        except redis.RedisError as error:
+            if pause is None:
+                log("redis_unavailable", worker_id=worker_id, task_id=task.task_id, op="mark_running",
+                    error=repr(error))
+                return "unknown"
+            time.sleep(pause)
+    return "unknown"  # pragma: no cover - the loop always returns
+
+
+def _count(task: Task, worker_id: str, attempt: int, outcome: Outcome, store: TaskStore) -> None:
+    """Counts an attempt that ran (to its end, or until cancelled): worker:<id>.processed in Redis
+    (HINCRBY, so a restarted slot keeps counting where its predecessor stopped) and one `executed` log
+    line. An attempt cut short by SIGKILL is in neither: it never ended."""
+    status = "cancelled" if outcome.reason == "cancelled" else outcome.status
+    log("executed", task_id=task.task_id, fingerprint=task.fingerprint, attempt=attempt,
+        worker_id=worker_id, pid=os.getpid(), status=status, error=outcome.error,
+        duration_ms=outcome.finished_at - outcome.started_at)
+    try:
+        store.redis.hincrby(store.keys.worker(worker_id), "processed", 1)
+    except redis.RedisError as error:
+        log("redis_unavailable", worker_id=worker_id, op="count", error=repr(error))
+

@@ -1,0 +1,63 @@
+"""The worker's heartbeat: `workers` zset + `worker:<id>` hash every HEARTBEAT_SECONDS (DESIGN §5).
+
+It runs in a thread of its own with a Redis client of its own, so neither a long task nor a busy
+connection pool can delay it past WORKER_TTL (which would make the supervisor stop routing to a
+worker that is fine). It beats for the whole life of the process, also while the broker connection is
+being re-established: the worker is alive, and its queue must not be reaped while it holds messages.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from taskcore.settings import Settings
+from taskcore.store import TaskStore, now_ms
+from worker_fleet.logs import log
+
+
+class Heartbeat:
+    def __init__(self, settings: Settings, worker_id: str, info: Callable[[], dict[str, Any]]) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.info = info
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout,
+                                      socket_timeout=settings.redis_timeout,
+                                      client_name=f"{settings.namespace}heartbeat:{worker_id}")
+        self.store = TaskStore(settings, client)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{worker_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.settings.redis_timeout + 1)
+        self.store.redis.close()
+
+    def beat(self) -> None:
+        key = self.store.keys.worker(self.worker_id)
+        self.store.heartbeat(self.worker_id, self.info(), now_ms())
+        # `processed` is counted with HINCRBY where attempts end (execution.py), never overwritten
+        # here; this only makes it visible as 0 before the first task.
+        self.store.redis.hsetnx(key, "processed", 0)
+
+    def _run(self) -> None:
+        failing = False
+        while True:
+            try:
+                self.beat()
+                if failing:
+                    log("redis_back", worker_id=self.worker_id, op="heartbeat")
+                failing = False
+            except redis.RedisError as error:
+                # redis-py reconnects on the next command; log an outage once, not every beat.
+                if not failing:
+                    log("redis_unavailable", worker_id=self.worker_id, op="heartbeat", error=repr(error))
+                failing = True
+            if self._stop.wait(self.settings.heartbeat_seconds):
+                return

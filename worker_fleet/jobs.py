@@ -1,0 +1,38 @@
+"""A delivered task message on its way from delivery to ack, and the parsing that admits it."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from pika.adapters.blocking_connection import BlockingConnection
+
+from taskcore.messages import MAX_COMPLEXITY, MIN_COMPLEXITY, MessageError, Task
+from worker_fleet.execution import Outcome
+
+
+@dataclass(eq=False)
+class Job:
+    """A delivered task message, from delivery to ack. Touched by the pool thread only through `cancel`
+    (and reading `task`); everything else belongs to the connection thread."""
+
+    task: Task
+    tag: int
+    generation: int
+    connection: BlockingConnection
+    cancel: threading.Event = field(default_factory=threading.Event)
+    started_at: int = 0
+    # The outcome that counts: set once; a later one (a thread outliving its time limit) is discarded.
+    decided: Outcome | None = None
+    timer: Any = None
+    publish_failures: int = 0
+
+
+def parse_task(body: bytes) -> Task:
+    """A task message, or MessageError for anything the worker must not run (dead-lettered)."""
+    task = Task.from_json(body)
+    if not MIN_COMPLEXITY <= task.complexity <= MAX_COMPLEXITY or task.attempt < 0:
+        raise MessageError(f"task message: complexity {task.complexity} or attempt {task.attempt} "
+                           "out of range")
+    return task
