@@ -124,7 +124,8 @@ class Environment:
             sys.executable, "-m", "awslambdaric", self.spec.handler,
             cwd=self.spec.code_dir, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            # Own session: a Ctrl-C at the terminal is for the host, which stops environments itself.
+            preexec_fn=_die_with_parent, start_new_session=True,
         )
         self._tasks = (asyncio.create_task(self._pump_output(self._process.stdout)),
                        asyncio.create_task(self._watch_exit(self._process)))
