@@ -126,7 +126,7 @@ def test_init_error_is_reported_and_not_cached(host: RunningHost) -> None:
         assert headers["X-Amz-Function-Error"] == "Unhandled"
         assert error["errorType"] == "Runtime.ImportModuleError"
         assert "module_that_does_not_exist" in error["errorMessage"]
-    assert "Phase: init\tStatus: error\tError Type: Runtime.ImportModuleError" in host.log("Broken")
+    host.wait_for_log("Broken", "Phase: init\tStatus: error\tError Type: Runtime.ImportModuleError")
 
 
 def test_concurrency_cap_throttles(host: RunningHost) -> None:

@@ -228,7 +228,7 @@ def test_throttling(make_client: ClientFactory, host: RunningHost) -> None:
         thread.join(timeout=15)
     assert first["result"]["ok"] is True
     host.wait_for_log("Capped", f"END RequestId: {queued['ResponseMetadata']['RequestId']}")
-    assert f"behave got {{'marker': '{marker}'}}" in host.log("Capped")
+    host.wait_for_log("Capped", f"behave got {{'marker': '{marker}'}}")
 
 
 # -- ListFunctions, GetFunction, GetFunctionUrlConfig --------------------------------------------
