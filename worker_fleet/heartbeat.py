@@ -54,10 +54,12 @@ class Heartbeat:
                 if failing:
                     log("redis_back", worker_id=self.worker_id, op="heartbeat")
                 failing = False
-            except redis.RedisError as error:
-                # redis-py reconnects on the next command; log an outage once, not every beat.
+            except Exception as error:
+                # redis-py reconnects on the next command; log an outage once, not every beat. Anything
+                # else is caught too: a heartbeat thread that died would get a working worker reaped.
                 if not failing:
-                    log("redis_unavailable", worker_id=self.worker_id, op="heartbeat", error=repr(error))
+                    event = "redis_unavailable" if isinstance(error, redis.RedisError) else "heartbeat_error"
+                    log(event, worker_id=self.worker_id, op="heartbeat", error=repr(error))
                 failing = True
             if self._stop.wait(self.settings.heartbeat_seconds):
                 return

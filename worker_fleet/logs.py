@@ -6,6 +6,7 @@ test or an operator can count what the workers really ran without any extra Redi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -19,7 +20,8 @@ def log(event: str, **fields: Any) -> None:
     """Writes {"ts", "event", **fields} as one line; safe from any thread."""
     line = json.dumps({"ts": round(time.time(), 3), "event": event, **fields}, default=str,
                       separators=(",", ":"))
-    # One write per line under a lock: lines from the pool threads never interleave.
-    with _lock:
+    # One write per line under a lock: lines from the pool threads never interleave. A closed stdout
+    # (the reader went away) must not take the worker down with it.
+    with _lock, contextlib.suppress(OSError, ValueError):
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
