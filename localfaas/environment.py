@@ -197,6 +197,14 @@ class Environment:
         assert self._current is not None
         self._current.fail_with_body(body)
 
+    def reject_oversized_response(self) -> None:
+        """The runtime exits when its response is refused; Lambda resets such an environment."""
+        self.report_error(json.dumps({
+            "errorType": "Function.ResponseSizeTooLarge",
+            "errorMessage": "Response payload size exceeded maximum allowed payload size (6291556 bytes).",
+        }).encode())
+        self.stop()
+
     def report_init_error(self, body: bytes) -> None:
         init_ms = (time.monotonic() - self._spawned_at) * 1000
         try:

@@ -222,3 +222,11 @@ def test_payloads_over_one_mebibyte(host: RunningHost) -> None:
     status, _, _ = http("POST", host.urls["Big"], b"y" * (7 * 1024 * 1024),
                         {"Content-Type": "text/plain"})
     assert status == 413
+
+
+def test_response_over_six_megabytes_is_a_function_error(host: RunningHost) -> None:
+    status, headers, body = host.invoke("Big", {"answer": 7 * 1024 * 1024})
+    assert status == 200 and headers["X-Amz-Function-Error"] == "Unhandled"
+    assert json.loads(body)["errorType"] == "Function.ResponseSizeTooLarge"
+    after = invoke_json(host, "Big", {"answer": 10})[0]
+    assert after.get("data") == "x" * 10, after  # the next one is fine
