@@ -98,7 +98,8 @@ class Host:
         for spec in self.template.functions.values():
             if spec.url is None:
                 continue
-            url = FunctionUrl(lambda name=spec.name: self._pools[name].spec, self._invoke_url)
+            url = FunctionUrl(lambda name=spec.name: self._pools[name].spec, self._invoke_url,
+                              self._url_secrets())
             server = bare_server(url.handle, MAX_PAYLOAD_BYTES + 1024)
             runner = web.ServerRunner(server, access_log=None, handle_signals=False)
             await runner.setup()
@@ -127,6 +128,11 @@ class Host:
         self._spawn(self._housekeeping())
         self._write_state()
         self._announce()
+
+    def _url_secrets(self) -> dict[str, str]:
+        """The credentials AWS_IAM function URLs accept: the env file's local key pair."""
+        key, secret = self.settings.get("AWS_ACCESS_KEY_ID"), self.settings.get("AWS_SECRET_ACCESS_KEY")
+        return {key: secret} if key and secret else {}
 
     def _announce(self) -> None:
         for warning in self.template.warnings:

@@ -326,9 +326,6 @@ class _TemplateReader:
         for key in config:
             if key not in ("AuthType", "InvokeMode", "Cors"):
                 self.warnings.append(f"{where}: FunctionUrlConfig.{key} is not supported (ignored)")
-        if auth_type == "AWS_IAM":
-            self.warnings.append(f"{where}: FunctionUrlConfig.AuthType AWS_IAM: SigV4 signatures "
-                                 "are not verified by localfaas (served as NONE)")
         if config.get("InvokeMode", "BUFFERED") != "BUFFERED":
             self.warnings.append(f"{where}: InvokeMode {config['InvokeMode']} is served buffered")
         cors = config.get("Cors")

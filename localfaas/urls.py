@@ -10,15 +10,17 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 from multidict import CIMultiDict
 
+from localfaas import sigv4
 from localfaas.invocation import Invocation, Outcome, new_request_id, new_trace_id
 from localfaas.pool import Throttled
+from localfaas.sigv4 import Caller
 from localfaas.template import ACCOUNT_ID, CorsConfig, FunctionSpec
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
@@ -39,7 +41,7 @@ def is_text(content_type: str | None) -> bool:
 
 
 def build_event(request: web.BaseRequest, body: bytes, spec: FunctionSpec, request_id: str,
-                trace_id: str) -> dict[str, Any]:
+                trace_id: str, caller: Caller | None = None) -> dict[str, Any]:
     headers: dict[str, str] = {}
     cookies: list[str] = []
     for name, value in request.headers.items():
@@ -91,6 +93,12 @@ def build_event(request: web.BaseRequest, body: bytes, spec: FunctionSpec, reque
         "time": _request_time(int(now)),
         "timeEpoch": int(now * 1000),
     }
+    if caller is not None:
+        event["requestContext"]["authorizer"] = {"iam": {
+            "accessKey": caller.access_key, "accountId": ACCOUNT_ID, "callerId": caller.access_key,
+            "cognitoIdentity": None, "principalOrgId": None,
+            "userArn": f"arn:aws:iam::{ACCOUNT_ID}:user/{caller.access_key}", "userId": caller.access_key,
+        }}
     if body:
         text = is_text(request.headers.get("Content-Type"))
         event["body"] = body.decode("utf-8", "replace") if text else base64.b64encode(body).decode()
@@ -163,9 +171,11 @@ def cors_headers(cors: CorsConfig, origin: str, preflight: bool) -> dict[str, st
 class FunctionUrl:
     """The HTTP handler behind one function's URL."""
 
-    def __init__(self, spec_of: Callable[[], FunctionSpec], invoke: Invoker) -> None:
+    def __init__(self, spec_of: Callable[[], FunctionSpec], invoke: Invoker,
+                 secrets: Mapping[str, str]) -> None:
         self._spec_of = spec_of
         self._invoke = invoke
+        self._secrets = secrets  # access key id -> secret key, for AuthType AWS_IAM
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         spec = self._spec_of()
@@ -182,8 +192,18 @@ class FunctionUrl:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0
         body = await request.read()
+        caller = None
+        if spec.url is not None and spec.url.auth_type == "AWS_IAM":
+            try:
+                caller = sigv4.verify(request.method, request.rel_url.raw_path,
+                                      request.rel_url.raw_query_string,
+                                      {k.lower(): v for k, v in request.headers.items()}, body,
+                                      self._secrets, spec.region)
+            except sigv4.Refused as refusal:
+                return web.json_response({"Message": f"Forbidden. {refusal}"}, status=403,
+                                         headers={"x-amzn-ErrorType": "AccessDeniedException"})
         request_id, trace_id = new_request_id(), new_trace_id()
-        response = await self._respond(request, body, spec, request_id, trace_id)
+        response = await self._respond(request, body, spec, request_id, trace_id, caller)
         if cors and origin:
             response.headers.update(cors_headers(cors, origin, preflight=False))
         response.headers["x-amzn-RequestId"] = request_id
@@ -191,10 +211,10 @@ class FunctionUrl:
         return response
 
     async def _respond(self, request: web.BaseRequest, body: bytes, spec: FunctionSpec,
-                       request_id: str, trace_id: str) -> web.Response:
+                       request_id: str, trace_id: str, caller: Caller | None) -> web.Response:
         if len(body) > MAX_PAYLOAD_BYTES:
             return _too_large()
-        event = build_event(request, body, spec, request_id, trace_id)
+        event = build_event(request, body, spec, request_id, trace_id, caller)
         invocation = Invocation(json.dumps(event).encode(), request_id=request_id, trace_id=trace_id)
         try:
             outcome = await self._invoke(spec, invocation)
