@@ -185,9 +185,10 @@ def _wrk_figures(out: str, duration: float) -> dict[str, Any]:
             "errors": non2xx + socket_errors, "statuses": {}}
 
 
-def throughput(host: Host, warmup: float, duration: float, profile: str | None) -> dict[str, Any]:
-    """Load NoopWeb's URL from a separate process (wrk if installed, else aiohttp)."""
-    url = host.urls["NoopWeb"]
+def throughput(host: Host, function: str, warmup: float, duration: float,
+               profile: str | None) -> dict[str, Any]:
+    """Load a function's URL from a separate process (wrk if installed, else aiohttp)."""
+    url = host.urls[function]
     wrk = shutil.which("wrk")
     if wrk:
         asyncio.run(_loadgen(url, CONCURRENCY, 0, warmup))  # start the 16 environments first
@@ -215,7 +216,7 @@ def throughput(host: Host, warmup: float, duration: float, profile: str | None) 
 
 
 def report(f: dict[str, Any]) -> list[str]:
-    load, cold, over = f["url_load"], f["cold"], f["overhead"]
+    load, load311, cold, over = f["url_load"], f["url_load311"], f["cold"], f["overhead"]
     verdict = {k: "met" if ok else "NOT MET" for k, ok in f["met"].items()}
     rows = [
         ("Invoke API warm round trip (Noop)", f["invoke"], "", ""),
@@ -223,17 +224,24 @@ def report(f: dict[str, Any]) -> list[str]:
         ("In-process handler call (baseline)", f["in_process"], "", ""),
         ("Overhead, Invoke API", over["invoke"], "p50 <= 1 ms", verdict["invoke_overhead_p50_ms"]),
         ("Overhead, function URL", over["url"], "p50 <= 1.5 ms", verdict["url_overhead_p50_ms"]),
+        ("Overhead, Invoke API, python3.11 runtime", over["invoke311"], "p50 <= 1 ms",
+         verdict["invoke311_overhead_p50_ms"]),
+        ("Overhead, function URL, python3.11 runtime", over["url311"], "p50 <= 1.5 ms",
+         verdict["url311_overhead_p50_ms"]),
         (f"Cold start, Chalice, first invoke (N={cold['samples']})", {"p50_ms": cold["p50_ms"],
          "p99_ms": cold["max_ms"]}, "p50 <= 500 ms", verdict["cold_start_p50_ms"]),
         ("  of which Init Duration (REPORT line)", {"p50_ms": cold["init_p50_ms"],
          "p99_ms": cold["init_max_ms"]}, "", ""),
         (f"Latency at load ({CONCURRENCY} clients, NoopWeb URL)", load, "", ""),
+        (f"Latency at load ({CONCURRENCY} clients, NoopWeb311 URL)", load311, "", ""),
     ]
     lines = [f"{'measure':<46} {'p50 ms':>9} {'p99/max':>9}  {'target':<16} verdict", "-" * 92]
     lines += [f"{name:<46} {v['p50_ms']:>9.3f} {v['p99_ms']:>9.3f}  {target:<16} {ok}"
               for name, v, target, ok in rows]
     lines += [f"{'Requests/s through one URL (2xx only)':<46} {load['requests_per_s']:>19,.0f}  "
-              f"{'>= 1,500/s':<16} {verdict['url_requests_per_s']}", "-" * 92,
+              f"{'>= 1,500/s':<16} {verdict['url_requests_per_s']}",
+              f"{'Requests/s through one URL, python3.11':<46} {load311['requests_per_s']:>19,.0f}  "
+              f"{'>= 1,500/s':<16} {verdict['url311_requests_per_s']}", "-" * 92,
               f"load: {load['tool']}, {load['ok']} ok, {load['errors']} errors {load['statuses']}",
               "overheads = round trip minus in-process call; the cold start column p99/max is the max.",
               f"note: this machine has {os.cpu_count()} cores; the load generator, the host and its "
@@ -254,30 +262,39 @@ def run(quick: bool, profile: str | None) -> dict[str, Any]:
         invoke = Client(host.endpoint).timed("POST", INVOKE.format("Noop"), b"{}", warm, warmup)
         url = Client(host.urls["NoopWeb"]).timed("GET", urlsplit(host.urls["NoopWeb"]).path or "/", None,
                                                  warm, warmup)
+        invoke311 = Client(host.endpoint).timed("POST", INVOKE.format("Noop311"), b"{}", warm, warmup)
+        url311 = Client(host.urls["NoopWeb311"]).timed(
+            "GET", urlsplit(host.urls["NoopWeb311"]).path or "/", None, warm, warmup)
         baseline = in_process("handler", {}, warm)
         web = in_process("web", {"version": "2.0", "rawPath": "/"}, warm)
         latencies, inits = cold_starts(host, cold_n)
-        load = throughput(host, load_warmup, load_seconds, profile)
+        load = throughput(host, "NoopWeb", load_warmup, load_seconds, profile)
+        load311 = throughput(host, "NoopWeb311", load_warmup, load_seconds, None)
     finally:
         if host is not None:
             if sys.exc_info()[0] is not None:
                 print(f"host console (tail):\n{host.tail()}", file=sys.stderr)
             host.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
-    series = {"invoke": invoke, "url": url, "in_process": baseline, "in_process_web": web}
+    series = {"invoke": invoke, "url": url, "invoke311": invoke311, "url311": url311,
+              "in_process": baseline, "in_process_web": web}
     f: dict[str, Any] = {k: {"p50_ms": pct(v, 50), "p99_ms": pct(v, 99), "samples": len(v)}
                          for k, v in series.items()}
     f["overhead"] = {name: {k: f[name][k] - f[base][k] for k in ("p50_ms", "p99_ms")}
-                     for name, base in (("invoke", "in_process"), ("url", "in_process_web"))}
+                     for name, base in (("invoke", "in_process"), ("url", "in_process_web"),
+                                        ("invoke311", "in_process"), ("url311", "in_process_web"))}
     f["cold"] = {"samples": cold_n, "p50_ms": pct(latencies, 50), "max_ms": max(latencies),
                  "init_p50_ms": pct(inits, 50), "init_max_ms": max(inits),
                  "latencies_ms": latencies, "init_durations_ms": inits}
-    f["url_load"], f["load_average_before"] = load, load_average
+    f["url_load"], f["url_load311"], f["load_average_before"] = load, load311, load_average
     over, t = f["overhead"], TARGETS
     f["met"] = {"invoke_overhead_p50_ms": over["invoke"]["p50_ms"] <= t["invoke_overhead_p50_ms"],
                 "url_overhead_p50_ms": over["url"]["p50_ms"] <= t["url_overhead_p50_ms"],
                 "cold_start_p50_ms": f["cold"]["p50_ms"] <= t["cold_start_p50_ms"],
-                "url_requests_per_s": load["requests_per_s"] >= t["url_requests_per_s"]}
+                "invoke311_overhead_p50_ms": over["invoke311"]["p50_ms"] <= t["invoke_overhead_p50_ms"],
+                "url311_overhead_p50_ms": over["url311"]["p50_ms"] <= t["url_overhead_p50_ms"],
+                "url_requests_per_s": load["requests_per_s"] >= t["url_requests_per_s"],
+                "url311_requests_per_s": load311["requests_per_s"] >= t["url_requests_per_s"]}
     return f
 
 

@@ -7,6 +7,8 @@ import base64
 import binascii
 import datetime
 import json
+import re
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from localfaas.host import Host
 
 MAX_SYNC_PAYLOAD = 6 * 1024 * 1024
+Route = Callable[[web.BaseRequest, str], Awaitable[web.Response]]
 MAX_ASYNC_PAYLOAD = 1024 * 1024
 
 
@@ -62,20 +65,28 @@ def function_configuration(spec: FunctionSpec, code_sha256: str, modified: float
 class LambdaApi:
     def __init__(self, host: Host) -> None:
         self.host = host
-        app = web.Application(client_max_size=MAX_SYNC_PAYLOAD + 1)
-        routes = app.router
-        routes.add_post("/2015-03-31/functions/{name}/invocations", self.invoke)
-        routes.add_get("/2015-03-31/functions", self.list_functions)
-        routes.add_get("/2015-03-31/functions/", self.list_functions)
-        routes.add_get("/2015-03-31/functions/{name}", self.get_function)
-        routes.add_get("/2015-03-31/functions/{name}/configuration", self.get_configuration)
-        routes.add_get("/2021-10-31/functions/{name}/url", self.get_url_config)
-        routes.add_get("/_localfaas/status", self.status)
-        routes.add_post("/_localfaas/deploy", self.deploy)
-        self.app = app
+        # Matched in order by a bare aiohttp server: Invoke is on every API call's hot path, and
+        # eight fixed routes do not need the Application router and middleware machinery.
+        self._routes: list[tuple[str, re.Pattern[str], Route]] = [
+            ("POST", re.compile(r"/2015-03-31/functions/(?P<name>[^/]+)/invocations"), self.invoke),
+            ("GET", re.compile(r"/2015-03-31/functions/?"), self.list_functions),
+            ("GET", re.compile(r"/2015-03-31/functions/(?P<name>[^/]+)"), self.get_function),
+            ("GET", re.compile(r"/2015-03-31/functions/(?P<name>[^/]+)/configuration"),
+             self.get_configuration),
+            ("GET", re.compile(r"/2021-10-31/functions/(?P<name>[^/]+)/url"), self.get_url_config),
+            ("GET", re.compile(r"/_localfaas/status"), self.status),
+            ("POST", re.compile(r"/_localfaas/deploy"), self.deploy),
+        ]
 
-    def _function(self, request: web.Request) -> FunctionSpec | web.Response:
-        name = unquote(request.match_info["name"])
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.rel_url.raw_path
+        for method, pattern, route in self._routes:
+            match = pattern.fullmatch(path)
+            if match and request.method == method:
+                return await route(request, unquote(match.groupdict().get("name") or ""))
+        return api_error(404, "UnknownOperationException", f"no such operation: {request.method} {path}")
+
+    def _function(self, name: str) -> FunctionSpec | web.Response:
         spec = self.host.function(name)
         if spec is None:
             arn = name if name.startswith("arn:") else \
@@ -83,8 +94,8 @@ class LambdaApi:
             return api_error(404, "ResourceNotFoundException", f"Function not found: {arn}")
         return spec
 
-    async def invoke(self, request: web.Request) -> web.Response:
-        spec = self._function(request)
+    async def invoke(self, request: web.BaseRequest, name: str) -> web.Response:
+        spec = self._function(name)
         if isinstance(spec, web.Response):
             return spec
         kind = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
@@ -134,7 +145,7 @@ class LambdaApi:
         return web.Response(status=200, body=outcome.body, headers=headers,
                             content_type=outcome.content_type.split(";")[0])
 
-    async def list_functions(self, request: web.Request) -> web.Response:
+    async def list_functions(self, request: web.BaseRequest, name: str) -> web.Response:
         configurations = [self._configuration(spec) for spec in self.host.functions()]
         start = int(request.query.get("Marker") or 0)
         size = int(request.query.get("MaxItems") or 50)
@@ -144,8 +155,8 @@ class LambdaApi:
             body["NextMarker"] = str(start + size)
         return web.json_response(body)
 
-    async def get_function(self, request: web.Request) -> web.Response:
-        spec = self._function(request)
+    async def get_function(self, request: web.BaseRequest, name: str) -> web.Response:
+        spec = self._function(name)
         if isinstance(spec, web.Response):
             return spec
         body: dict[str, Any] = {
@@ -157,14 +168,14 @@ class LambdaApi:
             body["Concurrency"] = {"ReservedConcurrentExecutions": spec.reserved_concurrency}
         return web.json_response(body)
 
-    async def get_configuration(self, request: web.Request) -> web.Response:
-        spec = self._function(request)
+    async def get_configuration(self, request: web.BaseRequest, name: str) -> web.Response:
+        spec = self._function(name)
         if isinstance(spec, web.Response):
             return spec
         return web.json_response(self._configuration(spec))
 
-    async def get_url_config(self, request: web.Request) -> web.Response:
-        spec = self._function(request)
+    async def get_url_config(self, request: web.BaseRequest, name: str) -> web.Response:
+        spec = self._function(name)
         if isinstance(spec, web.Response):
             return spec
         if spec.url is None:
@@ -188,10 +199,10 @@ class LambdaApi:
             }
         return web.json_response(body)
 
-    async def status(self, request: web.Request) -> web.Response:
+    async def status(self, request: web.BaseRequest, name: str) -> web.Response:
         return web.json_response(self.host.status())
 
-    async def deploy(self, request: web.Request) -> web.Response:
+    async def deploy(self, request: web.BaseRequest, name: str) -> web.Response:
         try:
             changed = await self.host.deploy()
         except ValueError as exc:

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from localfaas.api import LambdaApi
+from localfaas.api import MAX_SYNC_PAYLOAD, LambdaApi
 from localfaas.httpserver import bare_server
 from localfaas.invocation import Invocation, Outcome, new_request_id
 from localfaas.logs import LogSink
@@ -91,7 +91,8 @@ class Host:
 
     async def start(self) -> None:
         await self.runtime_api.setup()
-        api_runner = web.AppRunner(LambdaApi(self).app, access_log=None, handle_signals=False)
+        api = bare_server(LambdaApi(self).handle, MAX_SYNC_PAYLOAD + 1024)
+        api_runner = web.ServerRunner(api, access_log=None, handle_signals=False)
         await api_runner.setup()
         await web.SockSite(api_runner, self._control_socket).start()
         self._runners.append(api_runner)

@@ -31,7 +31,9 @@ def generate_tasks(count: int, seed: int, include_failures: bool = False) -> lis
             data = "".join(rng.choices(string.ascii_letters + string.digits, k=rng.randrange(8, 64)))
             payload = {"data": data, "rounds": rng.randrange(1, 1_000)}
         elif kind == "sleep":
-            payload = {}
+            # A few milliseconds on top of the simulated duration; distinct so that generated
+            # tasks measure work, not coalescing (repeats are the load test's business).
+            payload = {"seconds": rng.randrange(1, 1_000) / 1000}
         else:
             payload = {"message": f"generated failure {rng.randrange(1_000_000)}"}
         specs.append(validate_task({"type": kind, "payload": payload, "complexity": rng.randint(1, 5)}))

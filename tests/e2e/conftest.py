@@ -26,6 +26,10 @@ ROOT = Path(__file__).parents[2]
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 UNIT_SECONDS = "0.05"
+# Keys of `extra_env` with these names are also passed to localfaas as template parameter overrides
+# (the functions' settings come from the template); the UPPER_CASE keys reach the fleet.
+TEMPLATE_PARAMETERS = ("WorkerTtl", "ResultTtl", "CacheTtl", "TaskUnitSeconds", "MaxBatch", "DispatchMode",
+                       "JanitorSchedule")
 
 
 @dataclass
@@ -62,6 +66,29 @@ class Stack:
                 return record
         raise AssertionError(f"task {task_id} not final after {timeout}s: {self.result(task_id)}")
 
+    def workers(self) -> dict[str, Any]:
+        """GET /workers: {"workers": [live...], "dead": [...]}, each with pid and heartbeat_age."""
+        return json.loads(http("GET", self.supervisor + "workers")[2])
+
+    def stats(self) -> dict[str, Any]:
+        return json.loads(http("GET", self.supervisor + "stats")[2])
+
+    def fleet_events(self, event: str) -> list[dict[str, Any]]:
+        """Every JSON line of the fleet's log whose event is `event`."""
+        lines = self.fleet_log.read_text(errors="replace").splitlines()
+        found = []
+        for line in lines:
+            if line.startswith("{") and f'"{event}"' in line:
+                entry = json.loads(line)
+                if entry.get("event") == event:
+                    found.append(entry)
+        return found
+
+    def restart_fleet(self, workers: int) -> None:
+        """Starts a new fleet in the same namespace (after the previous one exited), same log."""
+        assert self.fleet.poll() is not None, "the previous fleet is still running"
+        self.fleet = launch_fleet(self.env, workers, self.fleet_log, append=True)
+
     def executions(self) -> list[dict[str, Any]]:
         """Every task execution the workers logged (one JSON line each)."""
         lines = self.fleet_log.read_text(errors="replace").splitlines()
@@ -95,21 +122,30 @@ def start_stack(run_dir: Path, workers: int = 4, extra_env: dict[str, str] | Non
     host = start_host(ROOT / "template.yaml", run_dir / "localfaas",
                       overrides={"Namespace": namespace, "RabbitmqUrl": RABBITMQ_URL, "RedisUrl": REDIS_URL,
                                  "TaskUnitSeconds": UNIT_SECONDS,
-                                 **{k: v for k, v in (extra_env or {}).items() if k == "WorkerTtl"}},
+                                 **{k: v for k, v in (extra_env or {}).items() if k in TEMPLATE_PARAMETERS}},
                       extra_args=["--minute-seconds", "1"])
     fleet_log = run_dir / "fleet.log"
-    with open(fleet_log, "wb") as log:
-        fleet = subprocess.Popen([sys.executable, "-m", "worker_fleet", "--workers", str(workers),
-                                  "--concurrency", "2"], cwd=ROOT, env=env, stdout=log,
-                                 stderr=subprocess.STDOUT)
+    fleet = launch_fleet(env, workers, fleet_log)
     stack = Stack(namespace, host, fleet, fleet_log, env)
-    deadline = time.monotonic() + 30
-    while len(json.loads(http("GET", stack.supervisor + "workers")[2])["workers"]) < workers:
-        if time.monotonic() > deadline or fleet.poll() is not None:
-            stop_stack(stack)
-            raise RuntimeError(f"the fleet did not come up:\n{fleet_log.read_text()}")
-        time.sleep(0.2)
+    try:
+        deadline = time.monotonic() + 30
+        while len(stack.workers()["workers"]) < workers:
+            if time.monotonic() > deadline or fleet.poll() is not None:
+                raise RuntimeError(f"the fleet did not come up:\n{fleet_log.read_text()}")
+            time.sleep(0.2)
+    except BaseException:
+        # Whatever went wrong (a supervisor answering 500 too), the host and the fleet must not outlive it.
+        stop_stack(stack)
+        raise
     return stack
+
+
+def launch_fleet(env: dict[str, str], workers: int, fleet_log: Path, append: bool = False
+                 ) -> subprocess.Popen[bytes]:
+    with open(fleet_log, "ab" if append else "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "worker_fleet", "--workers", str(workers),
+                                 "--concurrency", "2"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
 
 
 def stop_stack(stack: Stack) -> None:
