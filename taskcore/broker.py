@@ -10,7 +10,7 @@ Batched confirms: pika's BlockingChannel in confirm mode waits for each publish'
 a channel at about one round trip per message. Publisher instead puts the channel in confirm mode
 itself and publishes a whole batch on the underlying channel (`BlockingChannel._impl`), then waits
 once until every delivery tag is acked or nacked. That uses pika 1.x internals (`_impl`,
-`_flush_output`, `_IoloopTimerContext`); they are confined to `_ConfirmingChannel` below.
+`_flush_output`, `_IoloopTimerContext`); they are confined to `ConfirmingChannel` below.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def connection_parameters(url: str, timeout: float) -> pika.URLParameters:
 
 # Publishing ---------------------------------------------------------------------------------------
 
-class _ConfirmingChannel:
+class ConfirmingChannel:
     """A channel in confirm mode that publishes a batch and then waits once for all confirms."""
 
     def __init__(self, connection: pika.BlockingConnection) -> None:
@@ -167,7 +167,7 @@ class Publisher:
         self.settings = settings
         self.keys = Keys(settings.namespace)
         self.url = url or settings.rabbitmq_url
-        self._confirming: _ConfirmingChannel | None = None
+        self._confirming: ConfirmingChannel | None = None
         self._lock = threading.RLock()
 
     @property
@@ -215,7 +215,7 @@ class Publisher:
                 with contextlib.suppress(pika.exceptions.AMQPError, OSError):
                     confirming.connection.close()
 
-    def _open(self) -> _ConfirmingChannel:
+    def _open(self) -> ConfirmingChannel:
         confirming = self._confirming
         if confirming is not None and confirming.connection.is_open and confirming.channel.is_open:
             try:
@@ -227,7 +227,7 @@ class Publisher:
                 pass
         self.close()
         connection = pika.BlockingConnection(connection_parameters(self.url, self.settings.broker_timeout))
-        self._confirming = _ConfirmingChannel(connection)
+        self._confirming = ConfirmingChannel(connection)
         return self._confirming
 
     def __enter__(self) -> Publisher:

@@ -93,6 +93,10 @@ class TaskStorage(Protocol):
         """Ids of workers whose heartbeat is younger than WORKER_TTL, sorted."""
         ...
 
+    def count_processed(self, worker_id: str) -> None:
+        """One more attempt ran on the worker (its `processed` count; heartbeats never reset it)."""
+        ...
+
 
 class TaskStore:
     """TaskStorage on Redis. One per process and namespace: `TaskStore.for_settings(settings)`."""
@@ -205,6 +209,9 @@ class TaskStore:
             self.redis.blmove(done, done, max(0.01, min(left, _WAIT_SLICE)), "RIGHT", "LEFT")
 
     # Workers ------------------------------------------------------------------------------------
+
+    def count_processed(self, worker_id: str) -> None:
+        self.redis.hincrby(self.keys.worker(worker_id), "processed", 1)
 
     def heartbeat(self, worker_id: str, info: dict[str, Any], now: int) -> None:
         fields = {k: v if isinstance(v, str | int | float) else json.dumps(v) for k, v in info.items()}

@@ -115,7 +115,7 @@ def _count(task: Task, worker_id: str, attempt: int, outcome: Outcome, store: Ta
         worker_id=worker_id, pid=os.getpid(), status=status, error=outcome.error,
         duration_ms=outcome.finished_at - outcome.started_at)
     try:
-        store.redis.hincrby(store.keys.worker(worker_id), "processed", 1)
+        store.count_processed(worker_id)
     except redis.RedisError as error:
         log("redis_unavailable", worker_id=worker_id, op="count", error=repr(error))
 

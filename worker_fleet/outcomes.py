@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from taskcore.broker import _ConfirmingChannel
+from taskcore.broker import ConfirmingChannel
 from taskcore.keys import RESULTS_ROUTING_KEY, Keys
 from taskcore.messages import Task, TaskResult
 from taskcore.settings import Settings
@@ -51,7 +51,7 @@ def publication_for(settings: Settings, worker_id: str, task: Task, outcome: Out
                        {"status": outcome.status, "attempt": attempt, "error": outcome.error})
 
 
-def publish_all(confirming: _ConfirmingChannel, plans: Sequence[Publication | None],
+def publish_all(confirming: ConfirmingChannel, plans: Sequence[Publication | None],
                 timeout: float) -> list[str | None]:
     """Publishes every plan, one confirm round per exchange. Returns per plan "ok" (confirmed, or
     nothing to publish), "nack" or "unroutable". No confirm within `timeout` raises a connection

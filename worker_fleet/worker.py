@@ -29,7 +29,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from taskcore import broker
-from taskcore.broker import _ConfirmingChannel
+from taskcore.broker import ConfirmingChannel
 from taskcore.keys import Keys
 from taskcore.messages import MessageError
 from taskcore.settings import Settings
@@ -66,7 +66,7 @@ class Worker:
         self._generation = 0
         self._connection: BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
-        self._confirming: _ConfirmingChannel | None = None
+        self._confirming: ConfirmingChannel | None = None
         self._outbox: list[Job] = []  # settled jobs whose publication is not yet sent
         self._consumers: list[str] = []
         self._waiting: collections.deque[Job] = collections.deque()
@@ -125,7 +125,7 @@ class Worker:
         self._declare(channel)
         # Results and retries go out on a second channel in confirm mode that confirms a whole batch in
         # one round trip (one confirm per message would cap a worker at a few hundred tasks/s).
-        self._confirming = _ConfirmingChannel(connection)
+        self._confirming = ConfirmingChannel(connection)
         self._outbox = []
         # Per consumer (quorum queues do not support a channel-wide prefetch): up to `concurrency`
         # from each queue; deliveries beyond the free slots wait in _waiting, not in a thread.
