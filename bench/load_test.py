@@ -1,71 +1,192 @@
-"""First version of the load test: sends N generated tasks through the producer's URL, waits for
-every result with long-polls and prints how they ended. Needs `make run` in another terminal.
+"""Load test (`make load-test`): submits N tasks to a running system through its producer URL, waits
+for every result with long-polls, prints a summary table and writes bench/reports/load-<time>.json
+and .png. Exits 1 if any task was lost or did not end by the deadline, 2 on a usage error.
 
-    python bench/load_test.py [--count 100] [--seed 1] [--concurrency 16] [--producer URL]
+    python bench/load_test.py [--count 100] [--seed 1] [--repeat-share 0.2] [--replay FILE]
+        [--concurrency 16] [--batch K] [--rate R] [--deadline 300] [--producer URL] [--results URL]
+
+The targets default to the producer and supervisor URLs in .localfaas/state.json (`make run`).
+Any system with the same HTTP contract can be driven (see bench/loadgen.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
 import urllib.request
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TextIO
 
-from taskcore.producer import generate_tasks
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import loadgen, report  # noqa: E402
 
 
-def post(url: str, body: object) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+class ProgressBar:
+    """One line on stderr, redrawn with \\r on a terminal; a line every few seconds otherwise."""
+
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 30, every: float = 5.0) -> None:
+        self.stream = stream
+        self.width = width
+        self.tty = stream.isatty()
+        self.every = every
+        self.printed_at = -every
+        self.length = 0
+
+    def __call__(self, p: loadgen.Progress) -> None:
+        if not self.tty and not p.final and p.elapsed - self.printed_at < self.every:
+            return
+        self.printed_at = p.elapsed
+        total = max(1, p.total)
+        done = round(self.width * p.done / total)
+        sent = max(done, round(self.width * (p.submitted + p.lost) / total))
+        bar = "#" * done + "-" * (sent - done) + "." * (self.width - sent)
+        line = (f"[{bar}] submitted {p.submitted:,}/{p.total:,}  done {p.done:,}  failed {p.failed:,}"
+                f"{f'  lost {p.lost:,}' if p.lost else ''}{f'  retries {p.retries:,}' if p.retries else ''}"
+                f"  {p.elapsed:6.1f} s")
+        if self.tty:
+            self.stream.write("\r" + line + " " * max(0, self.length - len(line)) + ("\n" if p.final else ""))
+            self.length = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def state_urls(path: Path) -> tuple[str, str]:
+    state = json.loads(path.read_text())
+    return state["urls"]["Producer"], state["urls"]["Supervisor"]
+
+
+def server_info(results_url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """GET stats and workers next to the results endpoint, when the system has them (best effort)."""
+    info: dict[str, Any] = {}
+    for name in ("stats", "workers"):
+        try:
+            with urllib.request.urlopen(results_url.rstrip("/") + "/" + name, timeout=timeout) as response:
+                info[name] = json.loads(response.read())
+        except (OSError, ValueError):
+            continue
+    return info
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, "") or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0].replace("\n", " "),
+                                     formatter_class=_Help)
+    source = parser.add_argument_group("tasks")
+    source.add_argument("--count", "-n", type=int, default=100, help="tasks to generate")
+    source.add_argument("--seed", type=int, default=1, help="seed of the generated tasks")
+    source.add_argument("--repeat-share", type=float, default=0.2,
+                        help="share of generated tasks that repeat an earlier one (cache hits, coalescing)")
+    source.add_argument("--include-failures", action="store_true",
+                        help="also generate tasks of type fail (they end failed: expected, not lost)")
+    source.add_argument("--replay", metavar="FILE", help="send the tasks of this JSON list as they are")
+    source.add_argument("--save-tasks", metavar="FILE",
+                        help="write the task list as JSON (to --replay later)")
+    load = parser.add_argument_group("load")
+    load.add_argument("--concurrency", "-c", type=int, default=16, help="submission requests at once")
+    load.add_argument("--poll-concurrency", type=int,
+                      help="result requests at once, a quarter of them quick GETs for cache hits "
+                           "(default: --concurrency)")
+    load.add_argument("--batch", "-b", type=int, default=1,
+                      help="tasks per request ({\"tasks\": [...]} when > 1)")
+    load.add_argument("--rate", type=float, help="tasks per second (default: as fast as possible)")
+    load.add_argument("--deadline", type=float, default=300.0, help="seconds for the whole run")
+    load.add_argument("--warmup", action="store_true",
+                      help="start the target's execution environments first with requests that create "
+                           "no task (untimed)")
+    load.add_argument("--poll-wait", type=float, default=loadgen.MAX_POLL_WAIT, help="seconds per long-poll")
+    target = parser.add_argument_group("target")
+    target.add_argument("--producer", help="producer base URL (POST {producer}produce)")
+    target.add_argument("--results", help="results base URL (GET {results}results/{id}?wait=S)")
+    target.add_argument("--state", type=Path, default=ROOT / ".localfaas" / "state.json",
+                        help="localfaas state file read for the URLs not given")
+    out = parser.add_argument_group("output")
+    out.add_argument("--reports", type=Path, default=report.REPORTS, help="folder of the JSON and PNG")
+    out.add_argument("--name", default="load", help="file name prefix of the report")
+    out.add_argument("--label", default="",
+                     help="free text stored in the report (e.g. the system under test)")
+    out.add_argument("--no-report", action="store_true", help="write no files")
+    out.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    args = parser.parse_args(argv)
+    if args.count < 0 or args.concurrency < 1 or args.batch < 1 or args.deadline <= 0:
+        parser.error("--count must be >= 0, --concurrency and --batch >= 1, --deadline > 0")
+    if args.batch > 500:
+        parser.error("--batch is at most 500 (the producer's MAX_BATCH)")
+    if args.rate is not None and args.rate <= 0:
+        parser.error("--rate must be positive")
+    if not 0 <= args.repeat_share <= 1:
+        parser.error("--repeat-share must be from 0 to 1")
+    if not 0 <= args.poll_wait <= loadgen.MAX_POLL_WAIT:
+        parser.error(f"--poll-wait must be from 0 to {loadgen.MAX_POLL_WAIT:g}")
+    return args
+
+
+def run_loop(coroutine: Any) -> Any:
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
 
 
-def wait_for(result_url: str, deadline: float) -> dict:
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{result_url}?wait=10", timeout=30) as response:
-            record = json.loads(response.read())
-        if record["status"] in ("succeeded", "failed"):
-            return record
-    return {"status": "lost (deadline passed)"}
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--deadline", type=float, default=300.0, help="seconds for the whole run")
-    parser.add_argument("--producer", help="producer URL (default: from .localfaas/state.json)")
-    args = parser.parse_args()
-    producer = args.producer or json.loads(Path(".localfaas/state.json").read_text())["urls"]["Producer"]
-    tasks = [{"type": s.type, "payload": s.payload, "complexity": s.complexity}
-             for s in generate_tasks(args.count, args.seed)]
-    started = time.monotonic()
-    with ThreadPoolExecutor(args.concurrency) as pool:
-        replies = list(pool.map(lambda task: post(producer.rstrip("/") + "/produce", task), tasks))
-        submitted = time.monotonic() - started
-        accepted = [reply for status, reply in replies if status in (200, 202)]
-        deadline = started + args.deadline
-        records = list(pool.map(lambda reply: wait_for(reply["result_url"], deadline), accepted))
-    elapsed = time.monotonic() - started
-    ideal = sum(t["complexity"] for t in tasks)
-    print(f"{args.count} tasks: submitted in {submitted:.1f}s, all ended in {elapsed:.1f}s "
-          f"({args.count / elapsed:.1f} tasks/s); total complexity {ideal} units")
-    print("refused at submission:", Counter(status for status, _ in replies if status not in (200, 202)))
-    print("cache outcomes:      ", dict(Counter(reply["cache"] for reply in accepted)))
-    print("final status:        ", dict(Counter(record["status"] for record in records)))
-    print("tasks per worker:    ", dict(Counter(r.get("worker_id") for r in records)))
-    lost = len(tasks) - sum(1 for r in records if r["status"] in ("succeeded", "failed"))
-    print(f"lost or unfinished:   {lost}")
-    return 1 if lost else 0
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    producer, results = args.producer, args.results
+    if not (producer and results):
+        try:
+            state_producer, state_results = state_urls(args.state)
+        except (OSError, ValueError, KeyError) as error:
+            print(f"load_test: no --producer/--results and no usable {args.state} ({error}); "
+                  "start the system with `make run` or pass both URLs", file=sys.stderr)
+            return 2
+        producer, results = producer or state_producer, results or state_results
+    if args.replay:
+        try:
+            tasks = loadgen.load_tasks(args.replay)
+        except (OSError, ValueError) as error:
+            print(f"load_test: {error}", file=sys.stderr)
+            return 2
+        source = f"replay of {args.replay}"
+    else:
+        tasks = loadgen.make_tasks(args.count, args.seed, args.repeat_share, args.include_failures)
+        source = (f"seed {args.seed}, {args.repeat_share:.0%} repeats"
+                  f"{', with failures' if args.include_failures else ''}")
+    if args.save_tasks:
+        Path(args.save_tasks).write_text(json.dumps(tasks))
+    config = {"source": source, "label": args.label, "argv": sys.argv[1:] if argv is None else argv,
+              "seed": None if args.replay else args.seed,
+              "repeat_share": None if args.replay else args.repeat_share}
+    progress = None if args.no_progress else ProgressBar()
+    started = time.time()
+    result = run_loop(loadgen.run_load(
+        tasks, producer, results, concurrency=args.concurrency, batch=args.batch, rate=args.rate,
+        deadline=args.deadline, progress=progress, poll_concurrency=args.poll_concurrency,
+        poll_wait=args.poll_wait, warmup=args.warmup, config=config))
+    result.server = server_info(results)
+    summary = result.summary()
+    print(loadgen.format_summary(result, summary))
+    if not args.no_report:
+        json_path, png_path = report.report_paths(args.reports, args.name, started)
+        report.write_json(result, json_path, summary)
+        chart = report.write_chart(result, png_path, summary)
+        print(f"report: {json_path.relative_to(ROOT) if json_path.is_relative_to(ROOT) else json_path}"
+              + (f", chart: {png_path.name}" if chart else " (no chart: matplotlib is not installed)"))
+    return 0 if summary["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def generate_tasks(count: int, seed: int, include_failures: bool = False) -> lis
         elif kind == "sleep":
             # A few milliseconds on top of the simulated duration; distinct so that generated
             # tasks measure work, not coalescing (repeats are the load test's business).
-            payload = {"seconds": rng.randrange(1, 1_000) / 1000}
+            payload = {"seconds": rng.randrange(1, 100_000) / 10_000_000}  # 0.1 us to 10 ms
         else:
             payload = {"message": f"generated failure {rng.randrange(1_000_000)}"}
         specs.append(validate_task({"type": kind, "payload": payload, "complexity": rng.randint(1, 5)}))
