@@ -1,0 +1,1 @@
+"""Dramatiq 2 peer: RabbitMQ broker (pika), Redis results through the Results middleware."""
