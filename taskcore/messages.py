@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -264,3 +265,28 @@ def _depth(value: Any, level: int = 0) -> int:
         return level
     children = value.values() if isinstance(value, dict) else value
     return max((_depth(child, level + 1) for child in children), default=level + 1)
+
+
+def parse_wait(query: Mapping[str, str] | None, maximum: float) -> float:
+    """The `wait` query parameter of the results routes: seconds from 0 to `maximum`, default 0."""
+    raw = (query or {}).get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= maximum:  # also false for NaN
+        raise ValidationError("invalid_wait", f"wait must be a number of seconds from 0 to {maximum:g}",
+                              {"max": maximum})
+    return wait
+
+
+def parse_task_ids(query: Mapping[str, str] | None, maximum: int) -> list[str]:
+    """The `ids` query parameter of GET /results: 1 to `maximum` comma-separated task ids, each
+    asked once (first occurrence order)."""
+    asked = (query or {}).get("ids", "").split(",")
+    if not 1 <= len(asked) <= maximum or not all(TASK_ID_RE.fullmatch(task_id) for task_id in asked):
+        raise ValidationError("invalid_ids", f"ids must be 1 to {maximum} comma-separated task ids "
+                              f"({TASK_ID_RE.pattern})", {"max": maximum})
+    return list(dict.fromkeys(asked))

@@ -85,6 +85,11 @@ class TaskStorage(Protocol):
         """The record once final, or as it is after `seconds`; None for an unknown id."""
         ...
 
+    def wait_many(self, task_ids: Sequence[str], seconds: float) -> dict[str, dict[str, Any]]:
+        """Records by id (unknown ids left out) once every known one is final, or as they are after
+        `seconds`."""
+        ...
+
     def heartbeat(self, worker_id: str, info: dict[str, Any], now: int) -> None:
         """A worker says it is alive; `info` is host, pid, concurrency, in_flight, processed..."""
         ...
@@ -207,6 +212,28 @@ class TaskStore:
             # BLMOVE from the list to itself returns the marker without consuming it, so every
             # waiter on the task wakes, not only the first (checked: the list keeps its TTL).
             self.redis.blmove(done, done, max(0.01, min(left, _WAIT_SLICE)), "RIGHT", "LEFT")
+
+    def get_many(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hgetall(self.keys.task(task_id))
+            raws = pipe.execute()
+        records = (decode_record(task_id, raw) for task_id, raw in zip(task_ids, raws, strict=True))
+        return {record["task_id"]: record for record in records if record is not None}
+
+    def wait_many(self, task_ids: Sequence[str], seconds: float) -> dict[str, dict[str, Any]]:
+        deadline = time.monotonic() + max(0.0, seconds)
+        records = self.get_many(task_ids)
+        pending = [task_id for task_id, record in records.items() if record["status"] not in FINAL_STATUSES]
+        # Tasks end roughly in the order they were asked for: block on the first one still pending,
+        # then re-read all that are pending in one round trip.
+        while pending and (left := deadline - time.monotonic()) > 0:
+            done = self.keys.done(pending[0])
+            self.redis.blmove(done, done, max(0.01, min(left, _WAIT_SLICE)), "RIGHT", "LEFT")
+            fresh = self.get_many(pending)
+            records.update(fresh)
+            pending = [task_id for task_id, record in fresh.items() if record["status"] not in FINAL_STATUSES]
+        return records
 
     # Workers ------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from taskcore import dispatch
 from taskcore.broker import Publisher
 from taskcore.function_url import function_url_handler
 from taskcore.http import api_errors, error_response, json_response
-from taskcore.messages import parse_submission
+from taskcore.messages import parse_submission, parse_task_ids, parse_wait
 from taskcore.settings import Settings
 from taskcore.store import TaskStore
 
@@ -40,20 +40,23 @@ def supervise() -> Response:
 @app.route("/results/{task_id}", methods=["GET"])
 @api_errors
 def result(task_id: str) -> Response:
-    raw_wait = (app.current_request.query_params or {}).get("wait")
-    wait = 0.0
-    if raw_wait is not None:
-        try:
-            wait = float(raw_wait)
-        except ValueError:
-            wait = -1.0
-        if not 0 <= wait <= MAX_WAIT_SECONDS:
-            return error_response("invalid_wait", f"wait must be a number of seconds from 0 to "
-                                  f"{MAX_WAIT_SECONDS:g}", {"max": MAX_WAIT_SECONDS})
+    wait = parse_wait(app.current_request.query_params, MAX_WAIT_SECONDS)
     record = store.wait(task_id, wait) if wait else store.get(task_id)
     if record is None:
         return error_response("not_found", f"no task {task_id}", {"task_id": task_id})
     return json_response(record)
+
+
+@app.route("/results", methods=["GET"])
+@api_errors
+def results() -> Response:
+    """Many results in one request: answers once every known task is final or the wait is over."""
+    params = app.current_request.query_params
+    task_ids = parse_task_ids(params, settings.max_batch)
+    wait = parse_wait(params, MAX_WAIT_SECONDS)
+    records = store.wait_many(task_ids, wait) if wait else store.get_many(task_ids)
+    return json_response({"results": [records[task_id] for task_id in task_ids if task_id in records],
+                          "not_found": [task_id for task_id in task_ids if task_id not in records]})
 
 
 @app.route("/workers", methods=["GET"])

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import redis
 
+from bench.stack import REDIS_URL, ROOT, Stack, cleanup, http, start_host
 from taskcore import work
 from taskcore.messages import fingerprint
-from tests.e2e.conftest import REDIS_URL, ROOT, Stack, cleanup
-from tests.localfaas.conftest import http, start_host
 
 
 def expected_result(task: dict) -> object:
@@ -67,6 +66,22 @@ def test_one_hundred_mixed_tasks(stack: Stack) -> None:
         else:
             assert record["status"] == "succeeded", record
             assert record["result"] == expected_result(task), task
+
+
+def test_many_results_in_one_request(stack: Stack) -> None:
+    tasks = [t for t in mixed_tasks(12, seed=8) if t["type"] != "fail"]
+    assert stack.produce({"tasks": tasks})[0] == 202
+    ids = [t["task_id"] for t in tasks]
+    asked = ",".join(["never-submitted", *ids])
+    status, _, raw = http("GET", f"{stack.supervisor}results?ids={asked}&wait=15")
+    assert status == 200, raw
+    reply = json.loads(raw)
+    assert reply["not_found"] == ["never-submitted"]
+    assert [record["task_id"] for record in reply["results"]] == ids
+    assert [record["result"] for record in reply["results"]] == [expected_result(t) for t in tasks]
+    for query in ("ids=", "ids=a%20b", "ids=" + ",".join(["x"] * 501), "ids=a&wait=21"):
+        status, _, raw = http("GET", f"{stack.supervisor}results?{query}")
+        assert status == 400 and json.loads(raw)["error"]["code"] in ("invalid_ids", "invalid_wait"), raw
 
 
 def test_identical_tasks_are_computed_once(stack: Stack) -> None:

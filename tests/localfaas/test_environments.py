@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.localfaas.conftest import FIXTURES, RunningHost, http, start_host
+from bench.stack import RunningHost, http, start_host
+from tests.localfaas.conftest import FIXTURES
 
 
 @pytest.fixture(scope="module")

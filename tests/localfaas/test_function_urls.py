@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.localfaas.conftest import FIXTURES, RunningHost, http, start_host
+from bench.stack import RunningHost, http, start_host
+from tests.localfaas.conftest import FIXTURES
 
 ALLOWED = "https://allowed.example"
 

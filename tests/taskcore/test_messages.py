@@ -14,6 +14,8 @@ from taskcore.messages import (
     ValidationError,
     fingerprint,
     parse_submission,
+    parse_task_ids,
+    parse_wait,
     validate_submission,
 )
 from taskcore.settings import Settings
@@ -214,3 +216,20 @@ def test_task_message_fields_are_checked(field: str, value: object) -> None:
     data[field] = value
     with pytest.raises(MessageError):
         Task.from_json(json.dumps(data))
+
+
+def test_parse_wait() -> None:
+    assert parse_wait(None, 20) == 0 and parse_wait({}, 20) == 0
+    assert parse_wait({"wait": "2.5"}, 20) == 2.5 and parse_wait({"wait": "20"}, 20) == 20
+    for bad in ("-1", "20.5", "nan", "soon", ""):
+        with pytest.raises(ValidationError) as caught:
+            parse_wait({"wait": bad}, 20)
+        assert caught.value.code == "invalid_wait"
+
+
+def test_parse_task_ids() -> None:
+    assert parse_task_ids({"ids": "b,a,b"}, 3) == ["b", "a"]
+    for bad in ({}, {"ids": ""}, {"ids": "a,,b"}, {"ids": "a b"}, {"ids": "a,b,c,d"}, {"ids": "x" * 129}):
+        with pytest.raises(ValidationError) as caught:
+            parse_task_ids(bad, 3)
+        assert caught.value.code == "invalid_ids"

@@ -256,6 +256,34 @@ def test_wait_times_out_and_handles_unknown_ids(store: TaskStore) -> None:
     assert store.wait("a", 0)["status"] == "succeeded"
 
 
+def test_wait_many_answers_once_all_known_tasks_are_final(store: TaskStore) -> None:
+    a, b, c = task("a"), task("b"), task("c")
+    store.admit([a, b, c], NOW)
+    store.complete([result(b)], NOW)
+    timers = [threading.Timer(0.2, lambda: store.complete([result(a)], NOW)),
+              threading.Timer(0.4, lambda: store.complete([result(c)], NOW))]
+    for timer in timers:
+        timer.start()
+    start = time.monotonic()
+    records = store.wait_many(["c", "unknown", "a", "b"], 10)
+    for timer in timers:
+        timer.join()
+    assert time.monotonic() - start < 1.5  # woken by each completion, not by the 2 s block slice
+    assert sorted(records) == ["a", "b", "c"]
+    assert {record["status"] for record in records.values()} == {"succeeded"}
+
+
+def test_wait_many_times_out_with_records_as_they_are(store: TaskStore) -> None:
+    store.admit([task("a"), task("b")], NOW)
+    store.complete([result(task("b"))], NOW)
+    start = time.monotonic()
+    records = store.wait_many(["a", "b"], 0.3)
+    assert 0.25 < time.monotonic() - start < 1.5
+    assert (records["a"]["status"], records["b"]["status"]) == ("queued", "succeeded")
+    assert store.wait_many(["unknown"], 5) == {}
+    assert store.get_many(["b", "unknown"]) == {"b": records["b"]}
+
+
 # Workers and stats -------------------------------------------------------------------------------
 
 def test_worker_report_and_forgetting_dead_workers(store: TaskStore, settings: Settings,

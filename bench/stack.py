@@ -1,0 +1,244 @@
+"""Our whole system started from Python, for the end-to-end tests and the benchmarks: localfaas
+running a template as a subprocess on free ports (`start_host`), and the stack of template.yaml, the
+worker fleet, RabbitMQ and Redis in a namespace of its own that `stop_stack` removes (`start_stack`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pika
+import redis
+
+from taskcore.keys import Keys
+
+ROOT = Path(__file__).resolve().parents[1]
+RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+UNIT_SECONDS = "0.05"  # the tests' default; the benchmarks pass their own
+# Keys of `extra_env` with these names are also passed to localfaas as template parameter overrides
+# (the functions' settings come from the template); the UPPER_CASE keys reach the fleet.
+TEMPLATE_PARAMETERS = ("WorkerTtl", "ResultTtl", "CacheTtl", "TaskUnitSeconds", "MaxBatch", "DispatchMode",
+                       "JanitorSchedule")
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+         timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+class RunningHost:
+    def __init__(self, process: subprocess.Popen[bytes], run_dir: Path, console_path: Path) -> None:
+        self.process = process
+        self.run_dir = run_dir
+        self.console_path = console_path
+        state = json.loads((run_dir / "state.json").read_text())
+        self.endpoint: str = state["endpoint"]
+        self.urls: dict[str, str] = state["urls"]
+        self.outputs: dict[str, Any] = state["outputs"]
+        self.warnings: list[str] = state["warnings"]
+
+    def invoke(self, name: str, payload: Any = None, headers: dict[str, str] | None = None,
+               timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+        body = json.dumps(payload if payload is not None else {}).encode()
+        return http("POST", f"{self.endpoint}/2015-03-31/functions/{name}/invocations", body,
+                    headers, timeout)
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(http("GET", f"{self.endpoint}/_localfaas/status")[2])
+
+    def console(self) -> str:
+        return self.console_path.read_text(errors="replace")
+
+    def log(self, name: str) -> str:
+        path = self.run_dir / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_for_log(self, name: str, text: str, timeout: float = 10) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log(name)
+            if text in log:
+                return log
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} not in the log of {name} after {timeout}s:\n{self.log(name)}")
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "localfaas", *args, "--endpoint", self.endpoint],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                raise
+        return self.process.returncode
+
+
+def start_host(template: Path, run_dir: Path, overrides: dict[str, str] | None = None,
+               extra_args: list[str] | None = None, env: dict[str, str] | None = None,
+               timeout: float = 30) -> RunningHost:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    console_path = run_dir / "console.txt"
+    command = [sys.executable, "-m", "localfaas", "start", str(template), "--port", "0",
+               "--run-dir", str(run_dir), "--env-file", str(run_dir / "none.env"),
+               *(extra_args or [])]
+    for key, value in (overrides or {}).items():
+        command += ["--parameter-overrides", f"{key}={value}"]
+    with open(console_path, "wb") as console:
+        process = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, cwd=ROOT,
+                                   env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + timeout
+    while not (run_dir / "state.json").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"localfaas did not start:\n{console_path.read_text()}")
+        time.sleep(0.05)
+    return RunningHost(process, run_dir, console_path)
+
+
+
+@dataclass
+class Stack:
+    namespace: str
+    host: RunningHost
+    fleet: subprocess.Popen[bytes]
+    fleet_log: Path
+    env: dict[str, str]
+
+    @property
+    def producer(self) -> str:
+        return self.host.urls["Producer"]
+
+    @property
+    def supervisor(self) -> str:
+        return self.host.urls["Supervisor"]
+
+    def produce(self, body: Any) -> tuple[int, Any]:
+        status, _, reply = http("POST", self.producer + "produce", json.dumps(body).encode(),
+                                {"Content-Type": "application/json"})
+        return status, json.loads(reply)
+
+    def result(self, task_id: str, wait: float = 0) -> tuple[int, Any]:
+        suffix = f"?wait={wait:g}" if wait else ""
+        status, _, reply = http("GET", f"{self.supervisor}results/{task_id}{suffix}")
+        return status, json.loads(reply)
+
+    def wait_final(self, task_id: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, record = self.result(task_id, wait=10)
+            if status == 200 and record["status"] in ("succeeded", "failed"):
+                return record
+        raise AssertionError(f"task {task_id} not final after {timeout}s: {self.result(task_id)}")
+
+    def workers(self) -> dict[str, Any]:
+        """GET /workers: {"workers": [live...], "dead": [...]}, each with pid and heartbeat_age."""
+        return json.loads(http("GET", self.supervisor + "workers")[2])
+
+    def stats(self) -> dict[str, Any]:
+        return json.loads(http("GET", self.supervisor + "stats")[2])
+
+    def fleet_events(self, event: str) -> list[dict[str, Any]]:
+        """Every JSON line of the fleet's log whose event is `event`."""
+        lines = self.fleet_log.read_text(errors="replace").splitlines()
+        found = []
+        for line in lines:
+            if line.startswith("{") and f'"{event}"' in line:
+                entry = json.loads(line)
+                if entry.get("event") == event:
+                    found.append(entry)
+        return found
+
+    def restart_fleet(self, workers: int) -> None:
+        """Starts a new fleet in the same namespace (after the previous one exited), same log."""
+        assert self.fleet.poll() is not None, "the previous fleet is still running"
+        self.fleet = launch_fleet(self.env, workers, self.fleet_log, append=True)
+
+    def executions(self) -> list[dict[str, Any]]:
+        """Every task execution the workers logged (one JSON line each)."""
+        lines = self.fleet_log.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{") and '"executed"' in line]
+
+
+def cleanup(namespace: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True)
+    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    channel = connection.channel()
+    for name in listed.stdout.split():
+        if name.startswith(namespace):
+            channel.queue_delete(name)
+    names = Keys(namespace)
+    for exchange in (names.tasks_exchange, names.results_exchange, names.dead_exchange):
+        channel.exchange_delete(exchange)
+    connection.close()
+
+
+def start_stack(run_dir: Path, workers: int = 4, extra_env: dict[str, str] | None = None,
+                concurrency: int = 2, namespace_prefix: str = "e2e") -> Stack:
+    namespace = f"{namespace_prefix}{uuid.uuid4().hex[:8]}."
+    settings = {"NAMESPACE": namespace, "RABBITMQ_URL": RABBITMQ_URL, "REDIS_URL": REDIS_URL,
+                "TASK_UNIT_SECONDS": UNIT_SECONDS, **(extra_env or {})}
+    env = {**os.environ, **settings}
+    subprocess.run([sys.executable, "infra/declare_topology.py"], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    host = start_host(ROOT / "template.yaml", run_dir / "localfaas",
+                      overrides={"Namespace": namespace, "RabbitmqUrl": RABBITMQ_URL, "RedisUrl": REDIS_URL,
+                                 "TaskUnitSeconds": UNIT_SECONDS,
+                                 **{k: v for k, v in (extra_env or {}).items() if k in TEMPLATE_PARAMETERS}},
+                      extra_args=["--minute-seconds", "1"])
+    fleet_log = run_dir / "fleet.log"
+    fleet = launch_fleet(env, workers, fleet_log, concurrency=concurrency)
+    stack = Stack(namespace, host, fleet, fleet_log, env)
+    try:
+        deadline = time.monotonic() + 30
+        while len(stack.workers()["workers"]) < workers:
+            if time.monotonic() > deadline or fleet.poll() is not None:
+                raise RuntimeError(f"the fleet did not come up:\n{fleet_log.read_text()}")
+            time.sleep(0.2)
+    except BaseException:
+        # Whatever went wrong (a supervisor answering 500 too), the host and the fleet must not outlive it.
+        stop_stack(stack)
+        raise
+    return stack
+
+
+def launch_fleet(env: dict[str, str], workers: int, fleet_log: Path, append: bool = False,
+                 concurrency: int = 2) -> subprocess.Popen[bytes]:
+    with open(fleet_log, "ab" if append else "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "worker_fleet", "--workers", str(workers),
+                                 "--concurrency", str(concurrency)], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+def stop_stack(stack: Stack) -> None:
+    if stack.fleet.poll() is None:
+        stack.fleet.send_signal(signal.SIGTERM)
+        try:
+            stack.fleet.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            stack.fleet.kill()
+    stack.host.stop()
+    cleanup(stack.namespace)
