@@ -108,6 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     load.add_argument("--warmup", action="store_true",
                       help="start the target's execution environments first with requests that create "
                            "no task (untimed)")
+    load.add_argument("--poll-batch", type=int, default=1,
+                      help="results per request (GET {results}results?ids=...) when > 1")
     load.add_argument("--poll-wait", type=float, default=loadgen.MAX_POLL_WAIT, help="seconds per long-poll")
     target = parser.add_argument_group("target")
     target.add_argument("--producer", help="producer base URL (POST {producer}produce)")
@@ -130,6 +132,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--rate must be positive")
     if not 0 <= args.repeat_share <= 1:
         parser.error("--repeat-share must be from 0 to 1")
+    if not 1 <= args.poll_batch <= 500:
+        parser.error("--poll-batch must be from 1 to 500 (MAX_BATCH)")
     if not 0 <= args.poll_wait <= loadgen.MAX_POLL_WAIT:
         parser.error(f"--poll-wait must be from 0 to {loadgen.MAX_POLL_WAIT:g}")
     return args
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_loop(loadgen.run_load(
         tasks, producer, results, concurrency=args.concurrency, batch=args.batch, rate=args.rate,
         deadline=args.deadline, progress=progress, poll_concurrency=args.poll_concurrency,
-        poll_wait=args.poll_wait, warmup=args.warmup, config=config))
+        poll_wait=args.poll_wait, poll_batch=args.poll_batch, warmup=args.warmup, config=config))
     result.server = server_info(results)
     summary = result.summary()
     print(loadgen.format_summary(result, summary))

@@ -229,12 +229,12 @@ def _base(url: str | None) -> str | None:
 class _Run:
     def __init__(self, tasks: Sequence[dict[str, Any]], producer_url: str, results_url: str | None,
                  concurrency: int, batch: int, rate: float | None, deadline: float,
-                 poll_concurrency: int, poll_wait: float, request_timeout: float) -> None:
+                 poll_concurrency: int, poll_wait: float, request_timeout: float, poll_batch: int) -> None:
         self.tasks = tasks
         self.produce_url = _base(producer_url) + "produce"  # type: ignore[operator]
         self.results_base = _base(results_url)
         self.concurrency, self.batch, self.rate = concurrency, batch, rate
-        self.poll_concurrency, self.poll_wait = poll_concurrency, poll_wait
+        self.poll_concurrency, self.poll_wait, self.poll_batch = poll_concurrency, poll_wait, poll_batch
         self.request_timeout = request_timeout
         self.t0 = time.monotonic()
         self.end = self.t0 + deadline
@@ -403,70 +403,108 @@ class _Run:
                 self.counters["quick_same_work"] += 1
                 self.quick.put_nowait(other)
 
-    async def poller(self, session: aiohttp.ClientSession, quick: bool) -> None:
-        while True:
+    async def take(self, quick: bool) -> list[int]:
+        """The next pending tasks of a lane, up to poll_batch: waits for the first, then takes what
+        else is already there."""
+        taken: list[int] = []
+        while not taken:
             if quick:
-                index = await self.quick.get()
+                taken.append(await self.quick.get())
             else:
-                index = (await self.line.get())[1]
-                self.in_line.discard(index)
-            task = self.outcomes[index]
-            if task.outcome != "pending":
-                continue
+                taken.append((await self.line.get())[1])
+            while len(taken) < self.poll_batch and not (self.quick if quick else self.line).empty():
+                taken.append(self.quick.get_nowait() if quick else self.line.get_nowait()[1])
+            if not quick:
+                self.in_line.difference_update(taken)
+            taken = [i for i in dict.fromkeys(taken) if self.outcomes[i].outcome == "pending"]
+        return taken
+
+    async def poller(self, session: aiohttp.ClientSession, quick: bool) -> None:
+        """Fetches results: one GET per task, or with poll_batch > 1 one GET {results}results?ids=...
+        for up to poll_batch tasks, which answers once all of them are final or the wait is over."""
+        while True:
+            indexes = await self.take(quick)
             left = self.left()
             if left <= 0:
                 return
             wait = 0.0 if quick else max(0.0, min(self.poll_wait, left - 0.5))
-            url = (f"{self.results_base}results/{task.task_id}" if self.results_base
-                   else str(task.result_url))
+            tasks = [self.outcomes[i] for i in indexes]
+            if self.poll_batch > 1:
+                url = f"{self.results_base}results"
+                params = {"ids": ",".join(str(task.task_id) for task in tasks), "wait": f"{wait:.2f}"}
+            else:
+                url = (f"{self.results_base}results/{tasks[0].task_id}" if self.results_base
+                       else str(tasks[0].result_url))
+                params = {"wait": f"{wait:.2f}"}
             timeout = aiohttp.ClientTimeout(total=wait + self.request_timeout)
-            task.polls += 1
+            for task in tasks:
+                task.polls += 1
             self.counters["polls"] += 1
             asked = time.monotonic()
             try:
-                async with session.get(url, params={"wait": f"{wait:.2f}"}, timeout=timeout) as response:
+                async with session.get(url, params=params, timeout=timeout) as response:
                     status = response.status
                     raw = await response.read()
             except (TimeoutError, aiohttp.ClientError) as error:
-                self.counters["poll_errors"] += 1
-                self.errors["poll: " + type(error).__name__] += 1
-                self.retry(index, quick, 0.2 + random.random() * 0.3)
+                self.poll_failed(indexes, quick, "poll: " + type(error).__name__)
                 continue
-            if status == 404:
-                self.counters["poll_not_found"] += 1
-                self.not_found[index] += 1
-                if self.not_found[index] >= NOT_FOUND_LIMIT:
-                    self.resolve(index, "lost", f"GET results: 404 {raw[:200].decode(errors='replace')}")
-                else:
-                    self.retry(index, quick, 0.25)
+            reply: Any = None
+            if status in (200, 404):
+                with contextlib.suppress(ValueError):
+                    reply = json.loads(raw)
+            if status == 404 and self.poll_batch == 1:
+                self.not_found_again(indexes[0], quick, raw)
                 continue
-            record: Any = None
-            if status == 200:
-                try:
-                    record = json.loads(raw)
-                except ValueError:
-                    record = None
-            if not isinstance(record, dict):
-                self.counters["poll_errors"] += 1
-                self.errors["poll: " + _kind(status, raw)] += 1
-                self.retry(index, quick, 0.2 + random.random() * 0.3)
-                continue
-            if record.get("status") in FINAL_STATUSES:
-                task.result_at = self.now()
-                task.worker_id = record.get("worker_id")
-                finished, submitted = record.get("finished_at"), record.get("submitted_at")
-                if isinstance(finished, int | float) and isinstance(submitted, int | float):
-                    task.server_ms = float(finished - submitted)
-                    task.server_submitted_at, task.server_finished_at = float(submitted), float(finished)
-                error = record.get("error")
-                self.resolve(index, record["status"], error if isinstance(error, str) else None)
-                self.seen_final(index)
+            if self.poll_batch > 1 and isinstance(reply, dict):
+                records = {r.get("task_id"): r for r in reply.get("results", []) if isinstance(r, dict)}
+                missing = set(reply.get("not_found") or [])
+            elif isinstance(reply, dict):
+                records, missing = {tasks[0].task_id: reply}, set()
             else:
-                self.to_line(index, back=not quick)  # a long-poll ran out: to the back of the line
-                # Short waits (--poll-wait 0, the deadline near) must not turn into a busy loop.
-                pause = MIN_POLL_INTERVAL - (time.monotonic() - asked)
-                if not quick and pause > 0:
-                    await asyncio.sleep(pause)
+                self.poll_failed(indexes, quick, "poll: " + _kind(status, raw))
+                continue
+            unfinished = False
+            for index, task in zip(indexes, tasks, strict=True):
+                record = records.get(task.task_id)
+                if task.task_id in missing:
+                    self.not_found_again(index, quick, raw)
+                elif record is None:
+                    self.poll_failed([index], quick, "poll: record missing from the reply")
+                elif record.get("status") in FINAL_STATUSES:
+                    self.settle(index, record)
+                else:
+                    unfinished = True
+                    self.to_line(index, back=not quick)  # a long-poll ran out: to the back of the line
+            # Short waits (--poll-wait 0, the deadline near) must not turn into a busy loop.
+            pause = MIN_POLL_INTERVAL - (time.monotonic() - asked)
+            if unfinished and not quick and pause > 0:
+                await asyncio.sleep(pause)
+
+    def poll_failed(self, indexes: list[int], quick: bool, kind: str) -> None:
+        self.counters["poll_errors"] += 1
+        self.errors[kind] += 1
+        for index in indexes:
+            self.retry(index, quick, 0.2 + random.random() * 0.3)
+
+    def not_found_again(self, index: int, quick: bool, raw: bytes) -> None:
+        self.counters["poll_not_found"] += 1
+        self.not_found[index] += 1
+        if self.not_found[index] >= NOT_FOUND_LIMIT:
+            self.resolve(index, "lost", f"GET results: 404 {raw[:200].decode(errors='replace')}")
+        else:
+            self.retry(index, quick, 0.25)
+
+    def settle(self, index: int, record: dict[str, Any]) -> None:
+        task = self.outcomes[index]
+        task.result_at = self.now()
+        task.worker_id = record.get("worker_id")
+        finished, submitted = record.get("finished_at"), record.get("submitted_at")
+        if isinstance(finished, int | float) and isinstance(submitted, int | float):
+            task.server_ms = float(finished - submitted)
+            task.server_submitted_at, task.server_finished_at = float(submitted), float(finished)
+        error = record.get("error")
+        self.resolve(index, record["status"], error if isinstance(error, str) else None)
+        self.seen_final(index)
 
     # Progress -------------------------------------------------------------------------------------
 
@@ -562,28 +600,32 @@ async def run_load(tasks: Sequence[dict[str, Any]], producer_url: str, results_u
                    deadline: float = 300.0, progress: ProgressCallback | None = None, *,
                    poll_concurrency: int | None = None, poll_wait: float = MAX_POLL_WAIT,
                    request_timeout: float = 30.0, progress_interval: float = 0.2, warmup: bool = False,
-                   config: dict[str, Any] | None = None) -> LoadReport:
+                   poll_batch: int = 1, config: dict[str, Any] | None = None) -> LoadReport:
     """Submits `tasks` to `producer_url` (at most `concurrency` requests at once, `batch` tasks per
     request, at `rate` tasks/s or as fast as possible), long-polls every result through
     `results_url` (at most `poll_concurrency` at once, default `concurrency`) and stops at the
     latest `deadline` seconds after the start. `progress` is called every `progress_interval`
-    seconds and once more at the end (with final=True). With `warmup`, requests that create no
+    seconds and once more at the end (with final=True). With `poll_batch` > 1, one request asks for
+    up to that many results (GET {results_url}results?ids=...&wait=S). With `warmup`, requests that create no
     task start the target's execution environments first (not timed: see _Run.warm_up)."""
-    if concurrency < 1 or batch < 1:
-        raise ValueError("concurrency and batch must be at least 1")
+    if concurrency < 1 or batch < 1 or poll_batch < 1:
+        raise ValueError("concurrency, batch and poll_batch must be at least 1")
     if rate is not None and rate <= 0:
         raise ValueError("rate must be positive")
+    if poll_batch > 1 and results_url is None:
+        raise ValueError("poll_batch > 1 needs results_url")
     if not 0 <= poll_wait <= MAX_POLL_WAIT:
         raise ValueError(f"poll_wait must be from 0 to {MAX_POLL_WAIT:g}")
     poll_concurrency = poll_concurrency or concurrency
     run = _Run(tasks, producer_url, results_url, concurrency, batch, rate, deadline, poll_concurrency,
-               poll_wait, request_timeout)
+               poll_wait, request_timeout, poll_batch)
     await run.run(progress, progress_interval, warmup)
     counters = dict(run.counters)
     counters.update({f"error {kind}": count for kind, count in sorted(run.errors.items())})
     settings = {"tasks": len(tasks), "producer": producer_url, "results": results_url,
                 "concurrency": concurrency, "poll_concurrency": poll_concurrency, "batch": batch,
-                "rate": rate, "deadline_s": deadline, "poll_wait_s": poll_wait, "warmup": warmup}
+                "rate": rate, "deadline_s": deadline, "poll_wait_s": poll_wait, "poll_batch": poll_batch,
+                "warmup": warmup}
     elapsed = run.now()
     return LoadReport(config={**settings, **(config or {})}, started_at=time.time() - elapsed,
                       elapsed=elapsed, tasks=run.outcomes, requests=run.requests, counters=counters)

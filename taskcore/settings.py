@@ -41,6 +41,10 @@ class Settings:
     done_ttl: int = 120
     redis_timeout: float = 5.0
     broker_timeout: float = 10.0
+    # A worker takes up to concurrency x this from its own queue (Celery's default multiplier is 4
+    # too): short tasks then settle in groups whose results share one broker confirm. From the
+    # shared queue it takes only `concurrency`, so a busy worker does not sit on tasks others could run.
+    prefetch_multiplier: int = 4
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -62,7 +66,7 @@ class Settings:
         if self.dispatch_mode not in DISPATCH_MODES:
             raise SettingsError(f"DISPATCH_MODE must be one of {DISPATCH_MODES}, not {self.dispatch_mode!r}")
         for name in ("result_ttl", "cache_ttl", "max_batch", "max_body_bytes", "max_attempts",
-                     "worker_ttl", "heartbeat_seconds", "delivery_limit", "done_ttl"):
+                     "worker_ttl", "heartbeat_seconds", "delivery_limit", "done_ttl", "prefetch_multiplier"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be positive")
         if self.task_unit_seconds < 0:

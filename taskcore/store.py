@@ -90,16 +90,14 @@ class TaskStorage(Protocol):
         `seconds`."""
         ...
 
-    def heartbeat(self, worker_id: str, info: dict[str, Any], now: int) -> None:
-        """A worker says it is alive; `info` is host, pid, concurrency, in_flight, processed..."""
+    def heartbeat(self, worker_id: str, info: dict[str, Any], now: int, processed: int = 0) -> None:
+        """A worker says it is alive; `info` is host, pid, concurrency, in_flight...; `processed`
+        attempts ended since its last heartbeat are added to its `processed` count, which heartbeats
+        never reset (a restarted slot keeps counting)."""
         ...
 
     def live_workers(self, now: int) -> list[str]:
         """Ids of workers whose heartbeat is younger than WORKER_TTL, sorted."""
-        ...
-
-    def count_processed(self, worker_id: str) -> None:
-        """One more attempt ran on the worker (its `processed` count; heartbeats never reset it)."""
         ...
 
 
@@ -225,10 +223,11 @@ class TaskStore:
         deadline = time.monotonic() + max(0.0, seconds)
         records = self.get_many(task_ids)
         pending = [task_id for task_id, record in records.items() if record["status"] not in FINAL_STATUSES]
-        # Tasks end roughly in the order they were asked for: block on the first one still pending,
-        # then re-read all that are pending in one round trip.
+        # Tasks end roughly in the order they were asked for: block on the last one still pending,
+        # then re-read all that are pending in one round trip (re-reading them at every completion
+        # would cost a hundred reads per task for a hundred ids).
         while pending and (left := deadline - time.monotonic()) > 0:
-            done = self.keys.done(pending[0])
+            done = self.keys.done(pending[-1])
             self.redis.blmove(done, done, max(0.01, min(left, _WAIT_SLICE)), "RIGHT", "LEFT")
             fresh = self.get_many(pending)
             records.update(fresh)
@@ -237,14 +236,12 @@ class TaskStore:
 
     # Workers ------------------------------------------------------------------------------------
 
-    def count_processed(self, worker_id: str) -> None:
-        self.redis.hincrby(self.keys.worker(worker_id), "processed", 1)
-
-    def heartbeat(self, worker_id: str, info: dict[str, Any], now: int) -> None:
+    def heartbeat(self, worker_id: str, info: dict[str, Any], now: int, processed: int = 0) -> None:
         fields = {k: v if isinstance(v, str | int | float) else json.dumps(v) for k, v in info.items()}
         pipe = self.redis.pipeline(transaction=True)
         pipe.zadd(self.keys.workers, {worker_id: now})
         pipe.hset(self.keys.worker(worker_id), mapping={**fields, "heartbeat_at": now})
+        pipe.hincrby(self.keys.worker(worker_id), "processed", processed)
         # The self-report outlives the heartbeat long enough for GET /workers to show a dead worker.
         pipe.expire(self.keys.worker(worker_id), int(self.settings.worker_ttl * 6) + 1)
         pipe.execute()

@@ -74,7 +74,7 @@ def run_attempt(task: Task, worker_id: str, settings: Settings, store: TaskStore
         outcome = Outcome("failed", started, now_ms(), error=str(error))
     except Exception as error:  # any failure of the task's code is the task's failure, retried
         outcome = Outcome("failed", started, now_ms(), error=f"{type(error).__name__}: {error}")
-    _count(task, worker_id, attempt, outcome, store)
+    _log_executed(task, worker_id, attempt, outcome)
     return outcome
 
 
@@ -106,16 +106,11 @@ def _mark_running(task: Task, worker_id: str, attempt: int, started: int, store:
     return "unknown"  # pragma: no cover - the loop always returns
 
 
-def _count(task: Task, worker_id: str, attempt: int, outcome: Outcome, store: TaskStore) -> None:
-    """Counts an attempt that ran (to its end, or until cancelled): worker:<id>.processed in Redis
-    (HINCRBY, so a restarted slot keeps counting where its predecessor stopped) and one `executed` log
-    line. An attempt cut short by SIGKILL is in neither: it never ended."""
+def _log_executed(task: Task, worker_id: str, attempt: int, outcome: Outcome) -> None:
+    """Logs an attempt that ran (to its end, or until cancelled) as one `executed` line; the worker
+    counts it in its heartbeat's `processed`. An attempt cut short by SIGKILL is in neither."""
     status = "cancelled" if outcome.reason == "cancelled" else outcome.status
     log("executed", task_id=task.task_id, fingerprint=task.fingerprint, attempt=attempt,
         worker_id=worker_id, pid=os.getpid(), status=status, error=outcome.error,
         duration_ms=outcome.finished_at - outcome.started_at)
-    try:
-        store.count_processed(worker_id)
-    except redis.RedisError as error:
-        log("redis_unavailable", worker_id=worker_id, op="count", error=repr(error))
 

@@ -8,6 +8,7 @@ being re-established: the worker is alive, and its queue must not be reaped whil
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -19,9 +20,29 @@ from taskcore.store import TaskStore, now_ms
 from worker_fleet.logs import log
 
 
+class Tally:
+    """Attempts ended since the last heartbeat: counted by pool threads, taken by the heartbeat, so
+    that counting costs no Redis round trip per task."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self, count: int = 1) -> None:
+        with self._lock:
+            self._count += count
+
+    def take(self) -> int:
+        with self._lock:
+            count, self._count = self._count, 0
+            return count
+
+
 class Heartbeat:
-    def __init__(self, settings: Settings, worker_id: str, info: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, settings: Settings, worker_id: str, info: Callable[[], dict[str, Any]],
+                 processed: Tally | None = None) -> None:
         self.settings = settings
+        self.processed = processed or Tally()
         self.worker_id = worker_id
         self.info = info
         client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout,
@@ -37,14 +58,17 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=self.settings.redis_timeout + 1)
+        with contextlib.suppress(Exception):
+            self.beat()  # the last attempts' count; a SIGKILLed worker loses at most one interval's
         self.store.redis.close()
 
     def beat(self) -> None:
-        key = self.store.keys.worker(self.worker_id)
-        self.store.heartbeat(self.worker_id, self.info(), now_ms())
-        # `processed` is counted with HINCRBY where attempts end (execution.py), never overwritten
-        # here; this only makes it visible as 0 before the first task.
-        self.store.redis.hsetnx(key, "processed", 0)
+        processed = self.processed.take()
+        try:
+            self.store.heartbeat(self.worker_id, self.info(), now_ms(), processed)
+        except BaseException:
+            self.processed.add(processed)
+            raise
 
     def _run(self) -> None:
         failing = False

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 from pika.adapters.blocking_connection import BlockingConnection
 
@@ -25,7 +24,9 @@ class Job:
     started_at: int = 0
     # The outcome that counts: set once; a later one (a thread outliving its time limit) is discarded.
     decided: Outcome | None = None
-    timer: Any = None
+    # time.monotonic() after which the connection thread fails the attempt (its time limit).
+    deadline: float = 0.0
+    limit: float = 0.0
     publish_failures: int = 0
 
 

@@ -37,7 +37,7 @@ from taskcore.store import TaskStore, now_ms
 from worker_fleet import retries
 from worker_fleet.backoff import Backoff
 from worker_fleet.execution import Outcome, run_attempt
-from worker_fleet.heartbeat import Heartbeat
+from worker_fleet.heartbeat import Heartbeat, Tally
 from worker_fleet.jobs import Job, parse_task
 from worker_fleet.logs import log
 from worker_fleet.outcomes import Publication, publication_for, publish_all
@@ -74,6 +74,7 @@ class Worker:
         self._draining = False
         self._redeclare = False
         self._started_at = now_ms()
+        self._processed = Tally()  # attempts ended, for the heartbeat's `processed`
 
     # Lifecycle ----------------------------------------------------------------------------------
 
@@ -88,7 +89,7 @@ class Worker:
     def run(self) -> None:
         """Runs until stop(): connects, consumes, reconnects with backoff when the broker goes away,
         and on stop finishes the tasks in hand within the grace period."""
-        heartbeat = Heartbeat(self.settings, self.worker_id, self.info)
+        heartbeat = Heartbeat(self.settings, self.worker_id, self.info, self._processed)
         heartbeat.start()
         log("worker_started", worker_id=self.worker_id, pid=os.getpid(), concurrency=self.concurrency)
         try:
@@ -127,19 +128,23 @@ class Worker:
         # one round trip (one confirm per message would cap a worker at a few hundred tasks/s).
         self._confirming = ConfirmingChannel(connection)
         self._outbox = []
-        # Per consumer (quorum queues do not support a channel-wide prefetch): up to `concurrency`
-        # from each queue; deliveries beyond the free slots wait in _waiting, not in a thread.
-        channel.basic_qos(prefetch_count=self.concurrency)
         self._generation += 1
         self._draining = False
-        self._consumers = [channel.basic_consume(queue, self._on_message)
-                           for queue in (self.keys.worker_queue(self.worker_id), self.keys.shared_queue)]
+        # Per consumer (quorum queues do not support a channel-wide prefetch), set before each
+        # basic_consume; deliveries beyond the free slots wait in _waiting, not in a thread.
+        self._consumers = []
+        own = self.concurrency * self.settings.prefetch_multiplier
+        for queue, prefetch in ((self.keys.worker_queue(self.worker_id), own),
+                                (self.keys.shared_queue, self.concurrency)):
+            channel.basic_qos(prefetch_count=prefetch)
+            self._consumers.append(channel.basic_consume(queue, self._on_message))
         log("connected", worker_id=self.worker_id, pid=os.getpid())
         self._backoff.reset()
         while not self._stopping.is_set():
             # Returns as soon as it dispatched something; what those callbacks settled is then
             # published as one batch.
             connection.process_data_events(time_limit=POLL_SECONDS)
+            self._enforce_time_limits()
             self._flush()
         self._drain(connection, channel)
         self._close(connection)
@@ -163,6 +168,7 @@ class Worker:
         deadline = time.monotonic() + self.grace
         while self._running and (left := deadline - time.monotonic()) > 0:
             connection.process_data_events(time_limit=min(POLL_SECONDS, left))
+            self._enforce_time_limits()
             self._flush()
         if self._running:
             log("grace_expired", worker_id=self.worker_id,
@@ -211,8 +217,8 @@ class Worker:
             job = self._waiting.popleft()
             self._running[job.tag] = job
             job.started_at = now_ms()
-            limit = self.settings.time_limit(job.task.complexity)
-            job.timer = job.connection.call_later(limit, functools.partial(self._on_time_limit, job, limit))
+            job.limit = self.settings.time_limit(job.task.complexity)
+            job.deadline = time.monotonic() + job.limit
             self._pool.submit(self._execute, job)
 
     def _execute(self, job: Job) -> None:
@@ -221,6 +227,8 @@ class Worker:
             return
         try:
             outcome = run_attempt(job.task, self.worker_id, self.settings, self.store, job.cancel)
+            if outcome.status != "skipped":
+                self._processed.add()
         except Exception as error:  # a bug in the worker must still end in an outcome, not a lost task
             log("attempt_crashed", worker_id=self.worker_id, task_id=job.task.task_id, error=repr(error))
             outcome = Outcome("failed", job.started_at, now_ms(), error=f"worker error: {error!r}")
@@ -239,13 +247,17 @@ class Worker:
             return
         self._decide(job, outcome)
 
+    def _enforce_time_limits(self) -> None:
+        """Fails the running jobs past their time limit. Called after every poll of the connection
+        (at least every POLL_SECONDS): one timer per task would cost more than the task at high rates."""
+        now = time.monotonic()
+        for job in [job for job in self._running.values() if job.deadline <= now and job.decided is None]:
+            self._on_time_limit(job, job.limit)
+
     def _on_time_limit(self, job: Job, limit: float) -> None:
-        if not self._is_current(job) or job.decided is not None:
-            return
         # The thread cannot be killed; it is told to stop (the simulated work and `sleep` honour it
         # at once) and whatever it still returns is discarded, as the outcome is decided here.
         job.cancel.set()
-        job.timer = None
         error = f"time limit exceeded: the task ran longer than {limit:g} s"
         log("time_limit", worker_id=self.worker_id, task_id=job.task.task_id, limit=limit)
         self._decide(job, Outcome("failed", job.started_at, now_ms(), error=error, retryable=False,
@@ -253,9 +265,6 @@ class Worker:
 
     def _decide(self, job: Job, outcome: Outcome) -> None:
         job.decided = outcome
-        if job.timer is not None:
-            job.connection.remove_timeout(job.timer)
-            job.timer = None
         self._settle(job)
 
     def _settle(self, job: Job) -> None:

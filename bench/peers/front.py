@@ -3,7 +3,8 @@ little as possible), served by gunicorn with gthread workers (see run.GUNICORN).
 
 It validates submissions with taskcore's own parser (the same 400/413 answers as our producer),
 assigns UUIDs to tasks without a task_id, marks the ids as known and hands them to the peer's
-Backend; results come from the Backend, long-polled up to ?wait=S seconds (at most 20, like ours).
+Backend; results come from the Backend, long-polled up to ?wait=S seconds (at most 20, like ours),
+one id per request (GET /results/{id}) or up to 100 (GET /results?ids=A,B,...).
 
 Neither Celery nor Dramatiq can tell an unknown id from a queued one (PENDING / ResultMissing), so
 KnownIds marks each submitted id in Redis - one pipelined round trip per request, under the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 from urllib.parse import parse_qs
@@ -22,11 +24,21 @@ import redis
 
 from taskcore.dispatch import assign_ids
 from taskcore.errors import error_body, status_for
-from taskcore.messages import TASK_ID_RE, TaskSpec, ValidationError, parse_submission
+from taskcore.messages import (
+    TASK_ID_RE,
+    TaskSpec,
+    ValidationError,
+    parse_submission,
+    parse_task_ids,
+    parse_wait,
+)
 from taskcore.settings import Settings
 
 log = logging.getLogger("bench.peers.front")
 MAX_WAIT_SECONDS = 20.0
+# How often GET /results re-reads the pending tasks when the Backend cannot block for the time left
+# (Dramatiq's RedisBackend waits in whole seconds: below 1 s it answers at once).
+POLL_SECONDS = 0.1
 REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            413: "Payload Too Large", 503: "Service Unavailable"}
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -39,6 +51,10 @@ class Backend(Protocol):
     def fetch(self, task_id: str, wait: float) -> dict[str, Any] | None:
         """The final record ({"task_id", "status", "result"|"error"}) once the task ended, waiting up
         to `wait` seconds for it; None if it has not ended (or is unknown)."""
+
+    def fetch_many(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The final records of those of `task_ids` that have ended, by id, without waiting: what
+        fetch(id, 0) answers for each, in one round trip to the result store."""
 
 
 class KnownIds:
@@ -55,6 +71,13 @@ class KnownIds:
     def __contains__(self, task_id: str) -> bool:
         return bool(self.client.exists(self.prefix + task_id))
 
+    def unknown(self, task_ids: Sequence[str]) -> set[str]:
+        """Those of `task_ids` never submitted (or whose marker expired), in one MGET."""
+        if not task_ids:
+            return set()
+        markers = self.client.mget([self.prefix + task_id for task_id in task_ids])
+        return {task_id for task_id, marker in zip(task_ids, markers, strict=True) if marker is None}
+
 
 def make_app(backend: Backend, known: KnownIds, settings: Settings | None = None) -> WSGIApp:
     settings = settings or Settings()
@@ -65,6 +88,9 @@ def make_app(backend: Backend, known: KnownIds, settings: Settings | None = None
             if path == "/produce":
                 status, body = (_produce(environ, backend, known, settings) if method == "POST"
                                 else _error("method_not_allowed", "use POST"))
+            elif path == "/results":
+                status, body = (_results(environ, backend, known, settings) if method == "GET"
+                                else _error("method_not_allowed", "use GET"))
             elif path.startswith("/results/"):
                 status, body = (_result(environ, path[len("/results/"):], backend, known) if method == "GET"
                                 else _error("method_not_allowed", "use GET"))
@@ -116,6 +142,36 @@ def _result(environ: dict[str, Any], task_id: str, backend: Backend, known: Know
         if wait > 0:
             record = backend.fetch(task_id, wait)
     return 200, record or {"task_id": task_id, "status": "queued"}
+
+
+def _results(environ: dict[str, Any], backend: Backend, known: KnownIds,
+             settings: Settings) -> tuple[int, Any]:
+    """GET /results?ids=A,B,...&wait=S: each known id's record, as GET /results/{id} would answer it,
+    once all of them are final or S seconds have passed; ids never submitted go to "not_found".
+    Validation is taskcore's own (invalid_ids / invalid_wait, 400), as our supervisor's."""
+    query = {name: values[0] for name, values in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    task_ids = parse_task_ids(query)  # duplicates dropped, first occurrence order
+    wait = parse_wait(query, MAX_WAIT_SECONDS)
+    deadline = time.monotonic() + wait
+    records = backend.fetch_many(task_ids)
+    # As in GET /results/{id}: a stored result makes an id known, so only the others need a marker.
+    unknown = known.unknown([task_id for task_id in task_ids if task_id not in records])
+    pending = [task_id for task_id in task_ids if task_id not in records and task_id not in unknown]
+    # Block on one pending task at a time - the last asked, as tasks end roughly in the order they
+    # were submitted - then re-read every pending one in one round trip: when the newest ends, most
+    # of the others usually have too, so a batch costs a few waits rather than one per task (as our
+    # TaskStore.wait_many does).
+    while pending and (left := deadline - time.monotonic()) > 0:
+        if backend.fetch(pending[-1], left) is None:
+            # Not final. Back before the deadline means the Backend cannot block that long (Dramatiq
+            # waits in whole seconds): poll rather than spin on Redis until the deadline (past it,
+            # this sleeps 0).
+            time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        records.update(backend.fetch_many(pending))
+        pending = [task_id for task_id in pending if task_id not in records]
+    return 200, {"results": [records.get(task_id) or {"task_id": task_id, "status": "queued"}
+                             for task_id in task_ids if task_id not in unknown],
+                 "not_found": [task_id for task_id in task_ids if task_id in unknown]}
 
 
 def _error(code: str, message: str, details: Any = None) -> tuple[int, Any]:

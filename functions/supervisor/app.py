@@ -52,7 +52,7 @@ def result(task_id: str) -> Response:
 def results() -> Response:
     """Many results in one request: answers once every known task is final or the wait is over."""
     params = app.current_request.query_params
-    task_ids = parse_task_ids(params, settings.max_batch)
+    task_ids = parse_task_ids(params)
     wait = parse_wait(params, MAX_WAIT_SECONDS)
     records = store.wait_many(task_ids, wait) if wait else store.get_many(task_ids)
     return json_response({"results": [records[task_id] for task_id in task_ids if task_id in records],

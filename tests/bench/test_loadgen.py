@@ -155,10 +155,11 @@ def test_chart(tmp_path: Any) -> None:
 # The engine against a fake system ------------------------------------------------------------------
 
 class FakeSystem:
-    """POST /produce and GET /results/{id}?wait=S; tasks end `delay` s after submission (`delays`
-    by type), type fail ends failed, tasks of `forget_type` are never stored (lost), type bad is
-    refused (400), the first `busy` posts get 503. A task seen before and ended is a cache hit,
-    final at once; one seen before and not ended is coalesced: it ends with the first."""
+    """POST /produce, GET /results/{id}?wait=S and GET /results?ids=...&wait=S; tasks end `delay` s
+    after submission (`delays` by type), type fail ends failed, tasks of `forget_type` are never
+    stored (lost), type bad is refused (400), the first `busy` posts get 503. A task seen before and
+    ended is a cache hit, final at once; one seen before and not ended is coalesced: it ends with
+    the first."""
 
     def __init__(self, delay: float = 0.05, busy: int = 0, forget_type: str | None = None,
                  delays: dict[str, float] | None = None) -> None:
@@ -169,11 +170,13 @@ class FakeSystem:
         self.records: dict[str, dict[str, Any]] = {}
         self.events: dict[str, asyncio.Event] = {}
         self.posts = 0
+        self.batch_sizes: list[int] = []
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/produce", self.produce)
         app.router.add_get("/results/{task_id}", self.result)
+        app.router.add_get("/results", self.results)
         return app
 
     async def produce(self, request: web.Request) -> web.Response:
@@ -224,6 +227,16 @@ class FakeSystem:
                 await asyncio.wait_for(self.events[task_id].wait(), wait)
         return web.json_response(self.records[task_id])
 
+    async def results(self, request: web.Request) -> web.Response:
+        task_ids = list(dict.fromkeys(request.query["ids"].split(",")))
+        self.batch_sizes.append(len(task_ids))
+        known = [task_id for task_id in task_ids if task_id in self.records]
+        waits = [self.events[task_id].wait() for task_id in known]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits), float(request.query.get("wait", "0")) or 1e-9)
+        return web.json_response({"results": [self.records[task_id] for task_id in known],
+                                  "not_found": [task_id for task_id in task_ids if task_id not in known]})
+
 
 async def _drive(system: FakeSystem, tasks: list[dict[str, Any]], **options: Any) -> LoadReport:
     runner = web.AppRunner(system.app())
@@ -259,6 +272,17 @@ def test_run_load_against_the_contract(batch: int) -> None:
     assert summary["workers"] == {"w-0": 300}
     assert summary["throughput"]["server_completed"] == 300
     assert summary["throughput"]["server_window_s"] == pytest.approx(0.04)
+
+
+def test_results_fetched_many_per_request() -> None:
+    tasks = loadgen.make_tasks(300, seed=5, repeat_share=0.2, include_failures=True)
+    system = FakeSystem(delays={"sleep": 0.3})
+    result = asyncio.run(_drive(system, tasks, concurrency=4, batch=50, poll_batch=40, deadline=30))
+    summary = result.summary()
+    assert summary["ok"] and summary["completed"] == 300, summary["problems"]
+    assert summary["status"]["failed"] == sum(1 for t in tasks if t["type"] == "fail")
+    assert max(system.batch_sizes) == 40
+    assert sum(system.batch_sizes) < 2 * 300 and summary["requests"]["polls"] == len(system.batch_sizes)
 
 
 def test_run_load_reports_lost_rejected_and_deadline() -> None:

@@ -43,7 +43,8 @@ def test_sigkilled_worker_is_restarted_under_its_id_and_its_task_redelivered(env
     assert len(fleet.events("executed", task_id=task.task_id)) == 1
     time.sleep(0.3)
     assert env.get_all(env.keys.results_queue) == []
-    assert env.store.redis.hget(env.keys.worker("w-0"), "processed") == b"1"
+    # Counted once, by the new process's heartbeat (the killed one never ended its attempt).
+    wait_until(lambda: env.store.redis.hget(env.keys.worker("w-0"), "processed") == b"1", 5, "processed 1")
     wait_until(lambda: env.store.redis.hget(env.keys.worker("w-0"), "pid") == str(spawned[1]["pid"]).encode(),
                3, "the new process heartbeating as w-0")
 

@@ -10,6 +10,10 @@ propagate=False), Celery's own way to wait: the Redis backend subscribes to the 
 checks the stored state, so the answer comes as the result is stored, without polling. Each
 gunicorn thread has its own backend (result_backend_thread_safe False, Celery's default), hence
 its own pub/sub connection: Celery's result consumer is not shared between threads.
+
+Many results without waiting (GET /results?ids=...): one MGET of the tasks' result keys through the
+backend's own mget/get_key_for_task/decode_result - what the Redis backend's get_many does on each
+poll, without its 0.5 s polling loop; the front waits on one pending task at a time with fetch().
 """
 
 from __future__ import annotations
@@ -44,12 +48,30 @@ class CeleryBackend:
                 result.get(timeout=wait, propagate=False, disable_sync_subtasks=False)
             except WaitTimeout:
                 return None
-        state = result.state
-        if state == "SUCCESS":
-            return succeeded(task_id, result.result)
-        if state in ("FAILURE", "REVOKED"):
-            return failed(task_id, str(result.result))
-        return None
+        return _record(task_id, result.state, result.result)
+
+    def fetch_many(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not task_ids:
+            return {}
+        backend = app.backend  # the thread's own (result_backend_thread_safe False)
+        values = backend.mget([backend.get_key_for_task(task_id) for task_id in task_ids])
+        records = {}
+        for task_id, value in zip(task_ids, values, strict=True):
+            if value is not None:
+                # decode_result turns a stored failure back into the exception, as AsyncResult.result does
+                meta = backend.decode_result(value)
+                record = _record(task_id, meta["status"], meta["result"])
+                if record is not None:
+                    records[task_id] = record
+        return records
+
+
+def _record(task_id: str, state: str, result: Any) -> dict[str, Any] | None:
+    if state == "SUCCESS":
+        return succeeded(task_id, result)
+    if state in ("FAILURE", "REVOKED"):
+        return failed(task_id, str(result))
+    return None
 
 
 application = make_app(CeleryBackend(), KnownIds(env.redis_url, env.key_prefix, env.result_ttl))
