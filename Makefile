@@ -33,6 +33,7 @@ bench: venv services
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk >/dev/null 2>&1; } \
 		|| echo "bench: wrk not installed (apt-get install wrk): using the Python load generator"
 	$(BIN)/python bench/localfaas_bench.py
+	$(BIN)/python bench/compare.py
 
 clean:
 	rm -rf $(VENV) .localfaas .pytest_cache .ruff_cache

@@ -1,0 +1,64 @@
+"""The benchmark's pure parts: the table, ratios, the light workload, memory readings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import redis
+
+from bench import compare, memory
+from bench.stack import REDIS_URL
+
+
+def test_light_tasks_are_distinct_valid_submissions() -> None:
+    from taskcore.messages import validate_task
+
+    tasks = compare.light_tasks(50)
+    assert len({t["payload"]["data"] for t in tasks}) == 50
+    assert all(validate_task(t).type == "hash" for t in tasks)
+    assert compare.light_tasks(3)[0]["payload"]["data"] != tasks[0]["payload"]["data"]  # fresh per run
+
+
+def test_table_numbers_rows_and_divides_ours_by_each_peer() -> None:
+    rows = [{"system": "ours", "mode": "1 per request", "tasks": 10, "completed_per_s": 300.0,
+             "p50_ms": 5.0, "p99_ms": 9.0, "settings": "s"},
+            {"system": "celery", "mode": "1 per request", "tasks": 10, "completed_per_s": 200.0,
+             "p50_ms": 6.0, "p99_ms": 12.0, "settings": "c"},
+            {"system": "ours", "mode": "scaling, shared", "tasks": 400, "completed_per_s": 15.6,
+             "makespan_s": 25.5, "ideal_s": 25.0, "over_ideal_pct": 2.0, "settings": "x"}]
+    lines = compare.table(rows).splitlines()
+    assert lines[2].startswith("| 1 | ours | 1 per request | 10 | 300 | 5.0 | 9.0 | - |")
+    assert lines[3].startswith("| 3 | celery | 1 per request | 10 | 200 | 6.0 | 12.0 | 1.5 |")
+    assert lines[4].startswith("| 6 | ours | scaling, shared |")
+    assert "makespan 25.5 s, ideal 25 s (+2.0 %)" in lines[4]
+    assert compare.ratio({"completed_per_s": None}, rows[1]) is None
+
+
+def test_memory_reads_a_process_tree() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(50 << 20); time.sleep(30)"])
+    try:
+        for _ in range(100):
+            if memory.rss_bytes(child.pid) > 50 << 20:
+                break
+            time.sleep(0.05)
+        assert child.pid in memory.tree([os.getpid()])
+        snap = memory.snapshot([os.getpid()], redis.Redis.from_url(REDIS_URL))
+        assert snap["processes"] >= 2 and snap["stack_rss_mb"] > 50 and snap["redis_used_mb"] > 0
+    finally:
+        child.kill()
+        child.wait()
+    assert memory.rss_bytes(child.pid) == 0  # gone: no reading, no error
+
+
+def test_keys_without_ttl() -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    namespace = f"memtest{os.getpid()}."
+    try:
+        client.set(namespace + "kept", 1)
+        client.set(namespace + "expiring", 1, ex=60)
+        assert memory.keys_without_ttl(client, namespace) == ["kept"]
+    finally:
+        client.delete(namespace + "kept", namespace + "expiring")
