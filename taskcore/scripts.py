@@ -41,8 +41,9 @@ end
 # KEYS: none.
 # ARGV: prefix, now_ms, live_cutoff_ms, result_ttl_s, dispatch_mode ("round_robin"|"shared"), n, token,
 #       then n x (task_id, fingerprint, cache "1"|"0", type, complexity, payload_json, inflight_ttl_ms).
-# Returns JSON: [{task_id, outcome, status, cache, worker_id, leader}] in input order, where outcome is
-#   "dispatch" (publish it: a leader, cache "miss", or a "bypass"), "hit", "coalesced" or "exists".
+# Returns JSON: [{task_id, outcome, status, cache, worker_id, leader, result?}] in input order, where
+#   outcome is "dispatch" (publish it: a leader, cache "miss", or a "bypass"), "hit" (with the cached
+#   result, as JSON text), "coalesced" or "exists".
 # `token` (unique per admission call) is kept in the record, so the same call re-sent after a lost
 # reply gets its first answer back rather than "exists" (which would leave a leader unpublished).
 ADMIT = """
@@ -86,7 +87,7 @@ for i = 0, n - 1 do
       redis.call('HINCRBY', stats, 'cache_hit', 1)
       redis.call('HINCRBY', stats, 'succeeded', 1)
       entry = {task_id = id, outcome = 'hit', status = 'succeeded', cache = 'hit', worker_id = '',
-               leader = ''}
+               leader = '', result = cached}
     elseif leader then
       local fkey = prefix .. 'followers:' .. fp
       redis.call('SADD', fkey, id)

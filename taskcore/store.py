@@ -46,6 +46,7 @@ class Admission:
     worker_id: str
     leader: str = ""
     token: str = ""
+    result_json: str = ""  # a hit's cached result, as stored
 
     @property
     def needs_publish(self) -> bool:
@@ -53,8 +54,12 @@ class Admission:
 
     def reply(self) -> dict[str, Any]:
         """The per-task answer of POST /supervise."""
-        return {"task_id": self.task.task_id, "status": self.status, "cache": self.cache,
-                "worker_id": self.worker_id, "existing": self.outcome == "exists"}
+        reply = {"task_id": self.task.task_id, "status": self.status, "cache": self.cache,
+                 "worker_id": self.worker_id, "existing": self.outcome == "exists"}
+        if self.result_json:
+            # A hit is final at once: its result comes with the answer, no GET needed.
+            reply["result"] = json.loads(self.result_json)
+        return reply
 
 
 class TaskStorage(Protocol):
@@ -149,7 +154,8 @@ class TaskStore:
                      json.dumps(task.payload, separators=(",", ":")),
                      self.settings.inflight_ttl_ms(task.complexity)]
         decided = json.loads(self._admit(args=args))
-        return [Admission(task, d["outcome"], d["status"], d["cache"], d["worker_id"], d["leader"], token)
+        return [Admission(task, d["outcome"], d["status"], d["cache"], d["worker_id"], d["leader"], token,
+                          d.get("result", ""))
                 for task, d in zip(tasks, decided, strict=True)]
 
     def undo(self, admissions: Sequence[Admission], now: int) -> int:

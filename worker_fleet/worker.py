@@ -295,7 +295,10 @@ class Worker:
         if plan is not None:
             log(plan.event, worker_id=self.worker_id, task_id=job.task.task_id, **plan.fields)
         assert self._channel is not None
-        self._channel.basic_ack(job.tag)
+        # The frame goes out with the connection's next poll, a moment later, instead of a blocking
+        # flush per ack (BlockingChannel.basic_ack), which cost a fifth of a worker's CPU at high rates.
+        # pika 1.x's impl channel, as ConfirmingChannel uses (pika is pinned below 2).
+        self._channel._impl.basic_ack(job.tag)
         del self._running[job.tag]
 
     def _refused(self, job: Job, verdict: str | None) -> None:

@@ -56,7 +56,8 @@ def _submit(specs: list[TaskSpec], batch: bool) -> Response:
         return json_response(reply.body, reply.status)
     accepted = [
         {"task_id": item["task_id"], "status": item["status"], "cache": item.get("cache"),
-         "existing": item.get("existing", False), "result_url": supervisor.result_url(item["task_id"])}
+         "existing": item.get("existing", False), "result_url": supervisor.result_url(item["task_id"]),
+         **({"result": item["result"]} if "result" in item else {})}
         for item in reply.body.get("tasks", [])
     ]
     status = 200 if all(item["existing"] for item in accepted) else 202

@@ -94,6 +94,9 @@ def test_identical_tasks_are_computed_once(stack: Stack) -> None:
     assert all(r["status"] == "succeeded" and r["result"] == expected for r in records)
     outcomes = Counter(reply["cache"] for _, reply in replies)
     assert outcomes["miss"] == 1 and outcomes["hit"] + outcomes["coalesced"] == 49, outcomes
+    # Submitted again now, it is a hit whose answer carries the result: no GET needed.
+    status, again = stack.produce(task)
+    assert (status, again["cache"], again["status"], again["result"]) == (202, "hit", "succeeded", expected)
     ran = [e for e in stack.executions() if e["fingerprint"] == fingerprint("hash", task["payload"])]
     assert len(ran) == 1, ran
     # cache: false computes again, even though the result is cached

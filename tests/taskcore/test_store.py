@@ -54,6 +54,7 @@ def test_leader_then_coalesced_then_hit(store: TaskStore, ns: Namespace) -> None
     assert store.complete([result(a)], NOW + 3) == ["completed"]
     [hit] = store.admit([c], NOW + 4)
     assert (hit.outcome, hit.status, hit.cache) == ("hit", "succeeded", "hit")
+    assert hit.reply()["result"] == 4 and "result" not in leader.reply()  # a hit answers with its result
     record = store.get("c")
     assert record["result"] == 4 and record["status"] == "succeeded"
     assert 0 < store.redis.ttl(ns.keys.task("c")) <= store.settings.result_ttl
