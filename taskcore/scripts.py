@@ -288,3 +288,21 @@ for i = 3, #ARGV do
 end
 return changed
 """
+
+
+# Reads many task records at once (GET /results?ids=).
+# KEYS: none.
+# ARGV: prefix, task_id...
+# Returns JSON: one object per id, in order, {field: value} of its task hash ({} for none). One
+# command and one JSON document instead of a pipeline of HGETALLs, each parsed on the client.
+GET_MANY = """
+local prefix = ARGV[1]
+local out = {}
+for i = 2, #ARGV do
+  local flat = redis.call('HGETALL', prefix .. 'task:' .. ARGV[i])
+  local rec = {}
+  for j = 1, #flat, 2 do rec[flat[j]] = flat[j + 1] end
+  out[#out + 1] = rec
+end
+return cjson.encode(out)
+"""

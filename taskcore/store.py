@@ -122,6 +122,7 @@ class TaskStore:
         self._mark_running = self.redis.register_script(scripts.MARK_RUNNING)
         self._reap = self.redis.register_script(scripts.REAP_WORKERS)
         self._reassign = self.redis.register_script(scripts.REASSIGN)
+        self._get_many = self.redis.register_script(scripts.GET_MANY)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> TaskStore:
@@ -218,11 +219,10 @@ class TaskStore:
             self.redis.blmove(done, done, max(0.01, min(left, _WAIT_SLICE)), "RIGHT", "LEFT")
 
     def get_many(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        with self.redis.pipeline(transaction=False) as pipe:
-            for task_id in task_ids:
-                pipe.hgetall(self.keys.task(task_id))
-            raws = pipe.execute()
-        records = (decode_record(task_id, raw) for task_id, raw in zip(task_ids, raws, strict=True))
+        if not task_ids:
+            return {}
+        raws = json.loads(self._get_many(args=[self.keys.prefix, *task_ids]))
+        records = (decode_fields(task_id, raw) for task_id, raw in zip(task_ids, raws, strict=True))
         return {record["task_id"]: record for record in records if record is not None}
 
     def wait_many(self, task_ids: Sequence[str], seconds: float) -> dict[str, dict[str, Any]]:
@@ -312,11 +312,15 @@ _WAIT_SLICE = 2.0
 
 
 def decode_record(task_id: str, raw: dict[bytes, bytes]) -> dict[str, Any] | None:
-    if not raw:
+    """A task hash as HGETALL returns it, decoded; None for no hash."""
+    return decode_fields(task_id, {key.decode(): value.decode() for key, value in raw.items()})
+
+
+def decode_fields(task_id: str, fields: dict[str, str]) -> dict[str, Any] | None:
+    if not fields:
         return None
     record: dict[str, Any] = {"task_id": task_id}
-    for key, value in raw.items():
-        name, text = key.decode(), value.decode()
+    for name, text in fields.items():
         if name in _JSON_FIELDS:
             record[name] = json.loads(text)
         elif name in _INT_FIELDS:
