@@ -120,7 +120,7 @@ def start_host(template: Path, run_dir: Path, overrides: dict[str, str] | None =
 class Stack:
     namespace: str
     host: RunningHost
-    fleet: subprocess.Popen[bytes]
+    fleet: subprocess.Popen[bytes] | None  # None: started without workers
     fleet_log: Path
     env: dict[str, str]
 
@@ -170,7 +170,7 @@ class Stack:
 
     def restart_fleet(self, workers: int) -> None:
         """Starts a new fleet in the same namespace (after the previous one exited), same log."""
-        assert self.fleet.poll() is not None, "the previous fleet is still running"
+        assert self.fleet is None or self.fleet.poll() is not None, "the previous fleet is still running"
         self.fleet = launch_fleet(self.env, workers, self.fleet_log, append=True)
 
     def executions(self) -> list[dict[str, Any]]:
@@ -210,12 +210,13 @@ def start_stack(run_dir: Path, workers: int = 4, extra_env: dict[str, str] | Non
                                  **{k: v for k, v in (extra_env or {}).items() if k in TEMPLATE_PARAMETERS}},
                       extra_args=["--minute-seconds", "1"])
     fleet_log = run_dir / "fleet.log"
-    fleet = launch_fleet(env, workers, fleet_log, concurrency=concurrency)
+    # No workers: the functions alone (tasks are admitted and wait in their queues).
+    fleet = launch_fleet(env, workers, fleet_log, concurrency=concurrency) if workers else None
     stack = Stack(namespace, host, fleet, fleet_log, env)
     try:
         deadline = time.monotonic() + 30
         while len(stack.workers()["workers"]) < workers:
-            if time.monotonic() > deadline or fleet.poll() is not None:
+            if time.monotonic() > deadline or (fleet is not None and fleet.poll() is not None):
                 raise RuntimeError(f"the fleet did not come up:\n{fleet_log.read_text()}")
             time.sleep(0.2)
     except BaseException:
@@ -234,7 +235,7 @@ def launch_fleet(env: dict[str, str], workers: int, fleet_log: Path, append: boo
 
 
 def stop_stack(stack: Stack) -> None:
-    if stack.fleet.poll() is None:
+    if stack.fleet is not None and stack.fleet.poll() is None:
         stack.fleet.send_signal(signal.SIGTERM)
         try:
             stack.fleet.wait(timeout=30)

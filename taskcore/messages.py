@@ -212,6 +212,28 @@ def parse_submission(body: bytes | str, settings: Settings) -> Submission:
     return Submission([validate_task(item, index) for index, item in enumerate(items)], batch=True)
 
 
+def parse_generate(body: bytes | str, settings: Settings, max_count: int) -> tuple[int, int]:
+    """POST /generate {"count": 1..max_count (10), "seed": integer (0)}; an empty body is {}."""
+    raw = body.encode() if isinstance(body, str) else body
+    if len(raw) > settings.max_body_bytes:
+        raise ValidationError("body_too_large", f"the body is over {settings.max_body_bytes} bytes",
+                              {"max_bytes": settings.max_body_bytes, "bytes": len(raw)})
+    data = _parse_json(raw) if raw.strip() else {}
+    if not isinstance(data, dict):
+        raise ValidationError("not_an_object", "the body must be a JSON object {\"count\", \"seed\"}")
+    extra = sorted(set(data) - {"count", "seed"})
+    if extra:
+        raise ValidationError("unknown_field", f"unknown field(s): {', '.join(extra)}",
+                              {"unknown": extra, "allowed": ["count", "seed"]})
+    count, seed = data.get("count", 10), data.get("seed", 0)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= max_count:
+        raise ValidationError("invalid_count", f"count must be an integer from 1 to {max_count}",
+                              {"max": max_count})
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValidationError("invalid_seed", "seed must be an integer")
+    return count, seed
+
+
 def _parse_json(raw: bytes) -> Any:
     def reject_constant(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
@@ -245,7 +267,8 @@ def validate_task(item: Any, index: int | None = None) -> TaskSpec:
                               f"complexity must be an integer from {MIN_COMPLEXITY} to {MAX_COMPLEXITY}",
                               {**where, "min": MIN_COMPLEXITY, "max": MAX_COMPLEXITY})
     task_id = item.get("task_id")
-    if task_id is not None and (not isinstance(task_id, str) or not TASK_ID_RE.fullmatch(task_id)):
+    # Absent means "assign one"; present, even null, must be a valid id.
+    if "task_id" in item and (not isinstance(task_id, str) or not TASK_ID_RE.fullmatch(task_id)):
         raise ValidationError("invalid_task_id", "task_id must match [A-Za-z0-9_.:-]{1,128}", where)
     cache = item.get("cache", True)
     if not isinstance(cache, bool):

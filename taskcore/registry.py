@@ -15,7 +15,7 @@ from typing import Any
 from taskcore import work
 
 MAX_PRIMES_N = 5_000_000
-MAX_HASH_DATA_BYTES = 64 * 1024
+MAX_HASH_DATA_CHARS = 65_536  # characters, so that docs/openapi.yaml can say it (maxLength)
 MAX_HASH_ROUNDS = 100_000
 MAX_SLEEP_SECONDS = 600
 MAX_FAIL_MESSAGE = 1_000
@@ -66,11 +66,11 @@ def _primes(payload: dict[str, Any]) -> dict[str, Any]:
 def _hash(payload: dict[str, Any]) -> dict[str, Any]:
     _only(payload, {"data", "rounds"})
     data = payload.get("data")
-    if not isinstance(data, str):
-        raise PayloadError("payload.data must be a string", {"field": "data"})
-    if len(data.encode("utf-8")) > MAX_HASH_DATA_BYTES:
-        raise PayloadError(f"payload.data must be at most {MAX_HASH_DATA_BYTES} bytes",
-                           {"field": "data", "max_bytes": MAX_HASH_DATA_BYTES})
+    if not isinstance(data, str) or not _is_unicode(data):
+        raise PayloadError("payload.data must be a string of Unicode text", {"field": "data"})
+    if len(data) > MAX_HASH_DATA_CHARS:
+        raise PayloadError(f"payload.data must be at most {MAX_HASH_DATA_CHARS} characters",
+                           {"field": "data", "max_chars": MAX_HASH_DATA_CHARS})
     return {"data": data, "rounds": _int(payload, "rounds", 1, MAX_HASH_ROUNDS, default=1)}
 
 
@@ -85,10 +85,19 @@ def _sleep(payload: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": int(seconds) if float(seconds).is_integer() else seconds}
 
 
+def _is_unicode(text: str) -> bool:
+    """False for a lone surrogate (JSON can carry "\\ud800"), which no UTF-8 store or hash takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _fail(payload: dict[str, Any]) -> dict[str, Any]:
     _only(payload, {"message"})
     message = payload.get("message", DEFAULT_FAIL_MESSAGE)
-    if not isinstance(message, str) or len(message) > MAX_FAIL_MESSAGE:
+    if not isinstance(message, str) or len(message) > MAX_FAIL_MESSAGE or not _is_unicode(message):
         raise PayloadError(f"payload.message must be a string of at most {MAX_FAIL_MESSAGE} characters",
                            {"field": "message"})
     return {"message": message}

@@ -11,8 +11,8 @@ from chalice import Chalice, Response
 
 from taskcore.dispatch import assign_ids
 from taskcore.function_url import function_url_handler
-from taskcore.http import api_errors, error_response, json_response
-from taskcore.messages import TaskSpec, parse_submission
+from taskcore.http import api_errors, json_response
+from taskcore.messages import TaskSpec, parse_generate, parse_submission
 from taskcore.producer import MAX_GENERATE, SupervisorClient, generate_tasks
 from taskcore.settings import Settings
 
@@ -34,12 +34,7 @@ def produce() -> Response:
 @app.route("/generate", methods=["POST"], content_types=["application/json"])
 @api_errors
 def generate() -> Response:
-    body = app.current_request.json_body if app.current_request.raw_body else {}
-    count, seed = (body or {}).get("count", 10), (body or {}).get("seed", 0)
-    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_GENERATE:
-        return error_response("invalid_count", f"count must be an integer from 1 to {MAX_GENERATE}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        return error_response("invalid_seed", "seed must be an integer")
+    count, seed = parse_generate(app.current_request.raw_body or b"", settings, MAX_GENERATE)
     specs = assign_ids(generate_tasks(count, seed))
     replies = [_submit(specs[i:i + settings.max_batch], batch=True).body["tasks"]
                for i in range(0, len(specs), settings.max_batch)]

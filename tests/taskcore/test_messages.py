@@ -13,6 +13,7 @@ from taskcore.messages import (
     TaskSpec,
     ValidationError,
     fingerprint,
+    parse_generate,
     parse_submission,
     parse_task_ids,
     parse_wait,
@@ -67,7 +68,7 @@ def test_batch_with_all_fields() -> None:
     sub = parse_submission(body({"tasks": [
         {"type": "primes", "payload": {"n": 10}, "complexity": 10, "task_id": "A-b_c.d:1", "cache": False},
         {"type": "fail"},
-        {"type": "sleep", "payload": {"seconds": 0.25}, "task_id": None},
+        {"type": "sleep", "payload": {"seconds": 0.25}},
     ]}), SETTINGS)
     assert sub.batch
     assert [t.type for t in sub.tasks] == ["primes", "fail", "sleep"]
@@ -106,6 +107,7 @@ def test_str_body_is_accepted() -> None:
     (body({"type": "sleep", "task_id": ""}), "invalid_task_id"),
     (body({"type": "sleep", "task_id": "x" * 129}), "invalid_task_id"),
     (body({"type": "sleep", "task_id": "has space"}), "invalid_task_id"),
+    (body({"type": "sleep", "task_id": None}), "invalid_task_id"),  # absent means "assign one"; null is no id
     (body({"type": "sleep", "task_id": "a/b"}), "invalid_task_id"),
     (body({"type": "sleep", "task_id": 12}), "invalid_task_id"),
     (body({"type": "sleep", "cache": "yes"}), "invalid_cache"),
@@ -141,11 +143,13 @@ def test_body_too_large() -> None:
     assert caught.value.details == {"max_bytes": 4096, "bytes": len(raw)}
 
 
-def test_hash_data_limit_is_64_kib_of_utf8() -> None:
+def test_hash_data_limit_is_65536_characters_of_unicode() -> None:
     roomy = Settings.from_env({})
-    validate_submission(body({"type": "hash", "payload": {"data": "x" * 65536}}), roomy)
+    validate_submission(body({"type": "hash", "payload": {"data": "é" * 65536}}), roomy)
     assert code_of(body({"type": "hash", "payload": {"data": "x" * 65537}}), roomy) == "invalid_payload"
-    assert code_of(body({"type": "hash", "payload": {"data": "é" * 32769}}), roomy) == "invalid_payload"
+    # A lone surrogate, as the JSON escape \ud800 gives one, is no text: refused, not a 500.
+    assert code_of(b'{"type": "hash", "payload": {"data": "\\ud800"}}', roomy) == "invalid_payload"
+    assert code_of(b'{"type": "fail", "payload": {"message": "a\\udfff"}}', roomy) == "invalid_payload"
 
 
 def test_depth_eight_is_allowed_but_payload_schema_still_applies() -> None:
@@ -233,3 +237,15 @@ def test_parse_task_ids() -> None:
         with pytest.raises(ValidationError) as caught:
             parse_task_ids(bad, 3)
         assert caught.value.code == "invalid_ids"
+
+
+def test_parse_generate() -> None:
+    assert parse_generate(b"", SETTINGS, 100) == (10, 0)
+    assert parse_generate(b'{"count": 100, "seed": -3}', SETTINGS, 100) == (100, -3)
+    cases = [(b"[1]", "not_an_object"), (b"{", "malformed_json"), (b'{"count": 1, "x": 2}', "unknown_field"),
+             (b'{"count": 0}', "invalid_count"), (b'{"count": 101}', "invalid_count"),
+             (b'{"count": true}', "invalid_count"), (b'{"seed": "1"}', "invalid_seed")]
+    for raw, code in cases:
+        with pytest.raises(ValidationError) as caught:
+            parse_generate(raw, SETTINGS, 100)
+        assert caught.value.code == code, raw

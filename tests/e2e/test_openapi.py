@@ -1,0 +1,36 @@
+"""docs/openapi.yaml against the running functions, by schemathesis: generated requests, valid and
+not, to every operation; no 5xx, and every answer (status, content type, body) as documented.
+
+The stack runs without workers: the API is what is checked, and generated tasks (primes of five
+million, sleeps of ten minutes) wait in their queues until the namespace is removed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from bench.stack import Stack, start_stack, stop_stack
+
+ROOT = Path(__file__).parents[2]
+schema = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.yaml")
+PRODUCER_PATHS = ("/produce", "/generate")
+
+
+@pytest.fixture(scope="module")
+def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = start_stack(tmp_path_factory.mktemp("openapi"), workers=0)
+    yield stack
+    stop_stack(stack)
+
+
+@schema.parametrize()
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+def test_api_matches_the_document(case: schemathesis.Case, api_stack: Stack) -> None:
+    base = api_stack.producer if case.path in PRODUCER_PATHS else api_stack.supervisor
+    response = case.call(base_url=base.rstrip("/"), timeout=30)
+    assert response.status_code < 500 or response.status_code == 503, response.text
+    case.validate_response(response)
