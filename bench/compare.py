@@ -81,10 +81,10 @@ def our_stack(workers: int = OURS_WORKERS, concurrency: int = OURS_CONCURRENCY, 
         stop_stack(stack)
 
 
-def both_ways(name: str, producer: str, results: str, count: int) -> list[dict[str, Any]]:
+def both_ways(name: str, producer: str, results: str, count: int, **options: Any) -> list[dict[str, Any]]:
     rows = []
     for batch in (1, 100):
-        figures = run_load(light_tasks(count), producer, results, batch)
+        figures = run_load(light_tasks(count), producer, results, batch, **options)
         rows.append({"system": name, "mode": "1 per request" if batch == 1 else "batches of 100", **figures})
         print(f"  {name}, {rows[-1]['mode']}: {figures['completed_per_s']} tasks/s", flush=True)
     return rows
@@ -92,7 +92,7 @@ def both_ways(name: str, producer: str, results: str, count: int) -> list[dict[s
 
 def bench_ours(count: int) -> list[dict[str, Any]]:
     with our_stack() as stack:
-        rows = both_ways("ours", stack.producer, stack.supervisor, count)
+        rows = both_ways("ours", stack.producer, stack.supervisor, count, signer=stack.signer)
     for row in rows:
         row["settings"] = (f"{OURS_WORKERS} workers x {OURS_CONCURRENCY} threads, PREFETCH_MULTIPLIER="
                            f"{PREFETCH_MULTIPLIER}, quorum queues, confirms, localfaas (python3.12)")
@@ -132,7 +132,7 @@ def bench_cache_hits(samples: int = 300) -> dict[str, Any]:
             caches.add(record.get("cache"))
             if "result" not in record:  # not answered with its result: fetch it, as a client would
                 url = f"{stack.supervisor}results/{record['task_id']}"
-                record = json.loads(pool.request("GET", url).data)
+                record = json.loads(pool.request("GET", url, headers=stack.signer.headers("GET", url)).data)
             latencies.append((time.perf_counter() - started) * 1000)
             if record.get("status") != "succeeded":
                 raise RuntimeError(f"a cache hit that is not final: {record}")
@@ -149,7 +149,7 @@ def bench_scaling(tasks: int = 400, seconds: float = 0.5, workers: int = 8) -> l
         with our_stack(workers=workers, concurrency=1, unit_seconds=seconds, DispatchMode=mode,
                        DISPATCH_MODE=mode) as stack:
             figures = run_load(light_tasks(tasks, complexity=1), stack.producer, stack.supervisor, 100,
-                               concurrency=4)
+                               concurrency=4, signer=stack.signer)
         busiest = max(figures.pop("workers").values(), default=0)
         rows.append({"system": "ours", "mode": f"scaling, {mode}", **figures, "ideal_s": ideal,
                      "over_ideal_pct": round(100 * (figures["makespan_s"] / ideal - 1), 1),
@@ -167,11 +167,11 @@ def bench_memory(total: int) -> dict[str, Any]:
     client = redis.Redis.from_url(REDIS_URL)
     with our_stack() as stack:
         pids = [stack.host.process.pid, stack.fleet.pid]
-        run_load(light_tasks(1000), stack.producer, stack.supervisor, 100)
+        run_load(light_tasks(1000), stack.producer, stack.supervisor, 100, signer=stack.signer)
         points = {"warm": memory.snapshot(pids, client)}
         done = 1000
         for mark in (5000, total):
-            run_load(light_tasks(mark - done), stack.producer, stack.supervisor, 100)
+            run_load(light_tasks(mark - done), stack.producer, stack.supervisor, 100, signer=stack.signer)
             done = mark
             points[f"after {mark}"] = memory.snapshot(pids, client)
         untimed = memory.keys_without_ttl(client, stack.namespace)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -25,6 +26,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import loadgen, report  # noqa: E402
+from localfaas.template import read_env_file  # noqa: E402
+from taskcore.signing import Signer  # noqa: E402
 
 
 class ProgressBar:
@@ -62,12 +65,21 @@ def state_urls(path: Path) -> tuple[str, str]:
     return state["urls"]["Producer"], state["urls"]["Supervisor"]
 
 
-def server_info(results_url: str, timeout: float = 5.0) -> dict[str, Any]:
+def local_signer(env_file: Path) -> Signer | None:
+    """SigV4 with the credentials of the environment, else of the env file (`make run`'s key pair,
+    which localfaas accepts on AWS_IAM URLs such as the supervisor's)."""
+    return Signer.from_env(os.environ) or (Signer.from_env(read_env_file(env_file))
+                                           if env_file.exists() else None)
+
+
+def server_info(results_url: str, signer: Signer | None, timeout: float = 5.0) -> dict[str, Any]:
     """GET stats and workers next to the results endpoint, when the system has them (best effort)."""
     info: dict[str, Any] = {}
     for name in ("stats", "workers"):
+        url = results_url.rstrip("/") + "/" + name
+        request = urllib.request.Request(url, headers=signer.headers("GET", url) if signer else {})
         try:
-            with urllib.request.urlopen(results_url.rstrip("/") + "/" + name, timeout=timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 info[name] = json.loads(response.read())
         except (OSError, ValueError):
             continue
@@ -114,6 +126,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     target = parser.add_argument_group("target")
     target.add_argument("--producer", help="producer base URL (POST {producer}produce)")
     target.add_argument("--results", help="results base URL (GET {results}results/{id}?wait=S)")
+    target.add_argument("--env-file", type=Path, default=ROOT / "infra" / "local.env",
+                        help="credentials to sign with (SigV4) when the environment has none")
+    target.add_argument("--unsigned", action="store_true", help="sign nothing (a target without AWS_IAM)")
+    target.add_argument("--sign-submissions", action="store_true",
+                        help="sign POST /produce too (the producer's URL with ProducerAuthType AWS_IAM)")
     target.add_argument("--state", type=Path, default=ROOT / ".localfaas" / "state.json",
                         help="localfaas state file read for the URLs not given")
     out = parser.add_argument_group("output")
@@ -176,12 +193,14 @@ def main(argv: list[str] | None = None) -> int:
               "seed": None if args.replay else args.seed,
               "repeat_share": None if args.replay else args.repeat_share}
     progress = None if args.no_progress else ProgressBar()
+    signer = None if args.unsigned else local_signer(args.env_file)
     started = time.time()
     result = run_loop(loadgen.run_load(
         tasks, producer, results, concurrency=args.concurrency, batch=args.batch, rate=args.rate,
         deadline=args.deadline, progress=progress, poll_concurrency=args.poll_concurrency,
-        poll_wait=args.poll_wait, poll_batch=args.poll_batch, warmup=args.warmup, config=config))
-    result.server = server_info(results)
+        poll_wait=args.poll_wait, poll_batch=args.poll_batch, warmup=args.warmup,
+        signer=signer, sign_submissions=signer is not None and args.sign_submissions, config=config))
+    result.server = server_info(results, signer)
     summary = result.summary()
     print(loadgen.format_summary(result, summary))
     if not args.no_report:

@@ -39,6 +39,7 @@ import json
 import math
 import random
 import time
+import urllib.parse
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yarl
+
+from taskcore.signing import Signer
 
 FINAL_STATUSES = ("succeeded", "failed")
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -229,12 +233,14 @@ def _base(url: str | None) -> str | None:
 class _Run:
     def __init__(self, tasks: Sequence[dict[str, Any]], producer_url: str, results_url: str | None,
                  concurrency: int, batch: int, rate: float | None, deadline: float,
-                 poll_concurrency: int, poll_wait: float, request_timeout: float, poll_batch: int) -> None:
+                 poll_concurrency: int, poll_wait: float, request_timeout: float, poll_batch: int,
+                 signer: Signer | None = None, sign_submissions: bool = False) -> None:
         self.tasks = tasks
         self.produce_url = _base(producer_url) + "produce"  # type: ignore[operator]
         self.results_base = _base(results_url)
         self.concurrency, self.batch, self.rate = concurrency, batch, rate
         self.poll_concurrency, self.poll_wait, self.poll_batch = poll_concurrency, poll_wait, poll_batch
+        self.signer, self.sign_submissions = signer, sign_submissions
         self.request_timeout = request_timeout
         self.t0 = time.monotonic()
         self.end = self.t0 + deadline
@@ -267,6 +273,13 @@ class _Run:
 
     def now(self) -> float:
         return time.monotonic() - self.t0
+
+    def signed_get(self, url: str, params: dict[str, str]) -> tuple[yarl.URL, dict[str, str]]:
+        """The URL as sent (encoded once, here, so the signature covers exactly it) and the
+        headers: signed when there is a signer (the supervisor's URL is AWS_IAM)."""
+        full = f"{url}?{urllib.parse.urlencode(params)}" if params else url
+        headers = self.signer.headers("GET", full) if self.signer else {}
+        return yarl.URL(full, encoded=True), headers
 
     def left(self) -> float:
         return self.end - time.monotonic()
@@ -318,7 +331,9 @@ class _Run:
             status: int | None = None
             raw, error_name = b"", ""
             try:
-                async with session.post(self.produce_url, data=body, headers=JSON_HEADERS) as response:
+                headers = (self.signer.headers("POST", self.produce_url, body, JSON_HEADERS)
+                           if self.signer and self.sign_submissions else JSON_HEADERS)
+                async with session.post(self.produce_url, data=body, headers=headers) as response:
                     status = response.status
                     raw = await response.read()
             except (TimeoutError, aiohttp.ClientError) as error:
@@ -442,7 +457,8 @@ class _Run:
             self.counters["polls"] += 1
             asked = time.monotonic()
             try:
-                async with session.get(url, params=params, timeout=timeout) as response:
+                target, headers = self.signed_get(url, params)
+                async with session.get(target, headers=headers, timeout=timeout) as response:
                     status = response.status
                     raw = await response.read()
             except (TimeoutError, aiohttp.ClientError) as error:
@@ -521,8 +537,10 @@ class _Run:
         empty batch (400) to the producer, an unknown id (404) to the results endpoint."""
         async def post() -> None:
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                async with submit_session.post(self.produce_url, data=b'{"tasks": []}',
-                                               headers=JSON_HEADERS) as response:
+                body = b'{"tasks": []}'
+                headers = (self.signer.headers("POST", self.produce_url, body, JSON_HEADERS)
+                           if self.signer and self.sign_submissions else JSON_HEADERS)
+                async with submit_session.post(self.produce_url, data=body, headers=headers) as response:
                     await response.read()
 
         async def get() -> None:
@@ -531,7 +549,8 @@ class _Run:
             url = f"{self.results_base}results/warmup-{random.getrandbits(64):x}"
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                 timeout = aiohttp.ClientTimeout(total=self.request_timeout)
-                async with poll_session.get(url, params={"wait": "0"}, timeout=timeout) as response:
+                target, headers = self.signed_get(url, {"wait": "0"})
+                async with poll_session.get(target, headers=headers, timeout=timeout) as response:
                     await response.read()
 
         for _ in range(rounds):
@@ -600,13 +619,16 @@ async def run_load(tasks: Sequence[dict[str, Any]], producer_url: str, results_u
                    deadline: float = 300.0, progress: ProgressCallback | None = None, *,
                    poll_concurrency: int | None = None, poll_wait: float = MAX_POLL_WAIT,
                    request_timeout: float = 30.0, progress_interval: float = 0.2, warmup: bool = False,
-                   poll_batch: int = 1, config: dict[str, Any] | None = None) -> LoadReport:
+                   poll_batch: int = 1, signer: Signer | None = None, sign_submissions: bool = False,
+                   config: dict[str, Any] | None = None) -> LoadReport:
     """Submits `tasks` to `producer_url` (at most `concurrency` requests at once, `batch` tasks per
     request, at `rate` tasks/s or as fast as possible), long-polls every result through
     `results_url` (at most `poll_concurrency` at once, default `concurrency`) and stops at the
     latest `deadline` seconds after the start. `progress` is called every `progress_interval`
     seconds and once more at the end (with final=True). With `poll_batch` > 1, one request asks for
-    up to that many results (GET {results_url}results?ids=...&wait=S). With `warmup`, requests that create no
+    up to that many results (GET {results_url}results?ids=...&wait=S). With a `signer`, result
+    requests are signed (SigV4, for an AWS_IAM URL), and submissions too with `sign_submissions`.
+    With `warmup`, requests that create no
     task start the target's execution environments first (not timed: see _Run.warm_up)."""
     if concurrency < 1 or batch < 1 or poll_batch < 1:
         raise ValueError("concurrency, batch and poll_batch must be at least 1")
@@ -618,7 +640,7 @@ async def run_load(tasks: Sequence[dict[str, Any]], producer_url: str, results_u
         raise ValueError(f"poll_wait must be from 0 to {MAX_POLL_WAIT:g}")
     poll_concurrency = poll_concurrency or concurrency
     run = _Run(tasks, producer_url, results_url, concurrency, batch, rate, deadline, poll_concurrency,
-               poll_wait, request_timeout, poll_batch)
+               poll_wait, request_timeout, poll_batch, signer, sign_submissions)
     await run.run(progress, progress_interval, warmup)
     counters = dict(run.counters)
     counters.update({f"error {kind}": count for kind, count in sorted(run.errors.items())})

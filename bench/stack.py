@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import pika
 import redis
 
 from taskcore.keys import Keys
+from taskcore.signing import Signer
 
 ROOT = Path(__file__).resolve().parents[1]
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -123,6 +126,12 @@ class Stack:
     fleet: subprocess.Popen[bytes] | None  # None: started without workers
     fleet_log: Path
     env: dict[str, str]
+    signer: Signer  # the stack's own key pair: the supervisor's URL takes signed calls only
+    # The services this stack runs on (the shared ones unless start_stack was given others) and the
+    # command that reaches the broker's node (cleanup lists the queues with it).
+    rabbitmq_url: str = RABBITMQ_URL
+    redis_url: str = REDIS_URL
+    rabbitmqctl: tuple[str, ...] = field(default=("rabbitmqctl",))
 
     @property
     def producer(self) -> str:
@@ -137,10 +146,14 @@ class Stack:
                                 {"Content-Type": "application/json"})
         return status, json.loads(reply)
 
-    def result(self, task_id: str, wait: float = 0) -> tuple[int, Any]:
-        suffix = f"?wait={wait:g}" if wait else ""
-        status, _, reply = http("GET", f"{self.supervisor}results/{task_id}{suffix}")
+    def get(self, path: str) -> tuple[int, Any]:
+        """A signed GET of the supervisor's `path` (with its query): status and decoded JSON."""
+        url = self.supervisor + path
+        status, _, reply = http("GET", url, headers=self.signer.headers("GET", url))
         return status, json.loads(reply)
+
+    def result(self, task_id: str, wait: float = 0) -> tuple[int, Any]:
+        return self.get(f"results/{task_id}" + (f"?wait={wait:g}" if wait else ""))
 
     def wait_final(self, task_id: str, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -152,10 +165,10 @@ class Stack:
 
     def workers(self) -> dict[str, Any]:
         """GET /workers: {"workers": [live...], "dead": [...]}, each with pid and heartbeat_age."""
-        return json.loads(http("GET", self.supervisor + "workers")[2])
+        return self.get("workers")[1]
 
     def stats(self) -> dict[str, Any]:
-        return json.loads(http("GET", self.supervisor + "stats")[2])
+        return self.get("stats")[1]
 
     def fleet_events(self, event: str) -> list[dict[str, Any]]:
         """Every JSON line of the fleet's log whose event is `event`."""
@@ -179,13 +192,17 @@ class Stack:
         return [json.loads(line) for line in lines if line.startswith("{") and '"executed"' in line]
 
 
-def cleanup(namespace: str) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
+def cleanup(namespace: str, rabbitmq_url: str | None = None, redis_url: str | None = None,
+            rabbitmqctl: Sequence[str] = ("rabbitmqctl",)) -> None:
+    """Removes the namespace's Redis keys, queues and exchanges (from the shared services unless
+    told otherwise; `rabbitmqctl` is the command that reaches the broker's node)."""
+    client = redis.Redis.from_url(redis_url or REDIS_URL)
     keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
     if keys:
         client.delete(*keys)
-    listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True)
-    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    client.close()
+    listed = subprocess.run([*rabbitmqctl, "-q", "list_queues", "name"], capture_output=True, text=True)
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url or RABBITMQ_URL))
     channel = connection.channel()
     for name in listed.stdout.split():
         if name.startswith(namespace):
@@ -197,22 +214,29 @@ def cleanup(namespace: str) -> None:
 
 
 def start_stack(run_dir: Path, workers: int = 4, extra_env: dict[str, str] | None = None,
-                concurrency: int = 2, namespace_prefix: str = "e2e") -> Stack:
+                concurrency: int = 2, namespace_prefix: str = "e2e", rabbitmq_url: str | None = None,
+                redis_url: str | None = None, rabbitmqctl: Sequence[str] = ("rabbitmqctl",)) -> Stack:
+    """`rabbitmq_url`/`redis_url`: other services than the shared ones (the fault tests' private
+    instances); `rabbitmqctl` then names the command that reaches that broker, for cleanup."""
     namespace = f"{namespace_prefix}{uuid.uuid4().hex[:8]}."
-    settings = {"NAMESPACE": namespace, "RABBITMQ_URL": RABBITMQ_URL, "REDIS_URL": REDIS_URL,
+    rabbitmq_url = rabbitmq_url or RABBITMQ_URL
+    redis_url = redis_url or REDIS_URL
+    settings = {"NAMESPACE": namespace, "RABBITMQ_URL": rabbitmq_url, "REDIS_URL": redis_url,
                 "TASK_UNIT_SECONDS": UNIT_SECONDS, **(extra_env or {})}
     env = {**os.environ, **settings}
     subprocess.run([sys.executable, "infra/declare_topology.py"], cwd=ROOT, env=env, check=True,
                    capture_output=True)
+    env_file, signer = stack_credentials(run_dir)
     host = start_host(ROOT / "template.yaml", run_dir / "localfaas",
-                      overrides={"Namespace": namespace, "RabbitmqUrl": RABBITMQ_URL, "RedisUrl": REDIS_URL,
+                      overrides={"Namespace": namespace, "RabbitmqUrl": rabbitmq_url, "RedisUrl": redis_url,
                                  "TaskUnitSeconds": UNIT_SECONDS,
                                  **{k: v for k, v in (extra_env or {}).items() if k in TEMPLATE_PARAMETERS}},
-                      extra_args=["--minute-seconds", "1"])
+                      extra_args=["--minute-seconds", "1", "--env-file", str(env_file)])
     fleet_log = run_dir / "fleet.log"
     # No workers: the functions alone (tasks are admitted and wait in their queues).
     fleet = launch_fleet(env, workers, fleet_log, concurrency=concurrency) if workers else None
-    stack = Stack(namespace, host, fleet, fleet_log, env)
+    stack = Stack(namespace, host, fleet, fleet_log, env, signer, rabbitmq_url, redis_url,
+                  tuple(rabbitmqctl))
     try:
         deadline = time.monotonic() + 30
         while len(stack.workers()["workers"]) < workers:
@@ -224,6 +248,17 @@ def start_stack(run_dir: Path, workers: int = 4, extra_env: dict[str, str] | Non
         stop_stack(stack)
         raise
     return stack
+
+
+def stack_credentials(run_dir: Path, region: str = "us-east-1") -> tuple[Path, Signer]:
+    """A fresh key pair for one stack, in an env file for localfaas (which gives it to the functions,
+    as Lambda gives them their role's credentials, and accepts it on AWS_IAM URLs), and a signer
+    for the test's own calls."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key, secret = f"AKIDSTACK{secrets.token_hex(6).upper()}", secrets.token_urlsafe(30)
+    env_file = run_dir / "credentials.env"
+    env_file.write_text(f"AWS_ACCESS_KEY_ID={key}\nAWS_SECRET_ACCESS_KEY={secret}\nAWS_REGION={region}\n")
+    return env_file, Signer(key, secret, region)
 
 
 def launch_fleet(env: dict[str, str], workers: int, fleet_log: Path, append: bool = False,
@@ -242,4 +277,4 @@ def stop_stack(stack: Stack) -> None:
         except subprocess.TimeoutExpired:
             stack.fleet.kill()
     stack.host.stop()
-    cleanup(stack.namespace)
+    cleanup(stack.namespace, stack.rabbitmq_url, stack.redis_url, stack.rabbitmqctl)

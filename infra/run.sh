@@ -42,8 +42,11 @@ run: the system is up (worker log: .localfaas/fleet.log, function logs: .localfa
 Try:
   curl -s -X POST ${producer}produce -H 'content-type: application/json' \\
        -d '{"type": "primes", "payload": {"n": 50000}, "complexity": 3}'
-  curl -s '${supervisor}results/<task_id>?wait=10'
-  curl -s ${supervisor}workers ; curl -s ${supervisor}stats
+The supervisor's URL takes SigV4-signed calls only (AuthType AWS_IAM); curl signs them:
+  sign=(--aws-sigv4 "aws:amz:\${AWS_REGION}:lambda" --user "\${AWS_ACCESS_KEY_ID}:\${AWS_SECRET_ACCESS_KEY}")
+  curl -s "\${sign[@]}" '${supervisor}results/<task_id>?wait=10'
+  curl -s "\${sign[@]}" ${supervisor}workers ; curl -s "\${sign[@]}" ${supervisor}stats
+  (the key pair is infra/local.env's: set -a; . infra/local.env; set +a)
 Ctrl-C stops everything.
 MSG
 wait "$faas"

@@ -14,6 +14,7 @@ import urllib3
 from taskcore.errors import Unavailable
 from taskcore.messages import TaskSpec, validate_task
 from taskcore.settings import Settings
+from taskcore.signing import Signer
 
 MAX_GENERATE = 10_000
 
@@ -48,12 +49,14 @@ class SupervisorReply:
 
 class SupervisorClient:
     """POSTs to the supervisor's function URL over a pooled keep-alive connection, created once
-    per execution environment. Any transport failure or 5xx becomes Unavailable (-> 503)."""
+    per execution environment, signed with the environment's credentials (the URL's auth type is
+    AWS_IAM). Any transport failure, refusal of our signature or 5xx becomes Unavailable (-> 503)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, signer: Signer | None = None) -> None:
         if not settings.supervisor_url:
             raise Unavailable("SUPERVISOR_URL is not set")
         self.base_url = settings.supervisor_url.rstrip("/") + "/"
+        self._signer = signer or Signer.from_env()
         self._pool = urllib3.PoolManager(
             num_pools=2, maxsize=8, retries=False,
             timeout=urllib3.Timeout(connect=2.0, read=settings.supervisor_timeout),
@@ -64,15 +67,21 @@ class SupervisorClient:
 
     def supervise(self, specs: Sequence[TaskSpec]) -> SupervisorReply:
         body = json.dumps({"tasks": [spec.to_dict() for spec in specs]}).encode()
+        url, headers = self.base_url + "supervise", {"Content-Type": "application/json"}
+        if self._signer is not None:
+            headers = self._signer.headers("POST", url, body, headers)
         try:
-            response = self._pool.request("POST", self.base_url + "supervise", body=body,
-                                          headers={"Content-Type": "application/json"})
+            response = self._pool.request("POST", url, body=body, headers=headers)
         except urllib3.exceptions.HTTPError as error:
             raise Unavailable("the supervisor is unreachable", {"reason": str(error)}) from error
         try:
             reply = json.loads(response.data or b"{}")
         except ValueError:
             reply = {}
+        if response.status in (401, 403):
+            raise Unavailable("the supervisor refused the producer's credentials",
+                              {"status": response.status, "reason": reply.get("Message")
+                               if isinstance(reply, dict) else None})
         if response.status >= 500:
             reason = (reply.get("error") or {}).get("message") if isinstance(reply, dict) else None
             raise Unavailable("the supervisor could not take the tasks",

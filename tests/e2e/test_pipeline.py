@@ -13,9 +13,10 @@ from pathlib import Path
 
 import redis
 
-from bench.stack import REDIS_URL, ROOT, Stack, cleanup, http, start_host
+from bench.stack import RABBITMQ_URL, REDIS_URL, ROOT, Stack, cleanup, http, stack_credentials, start_host
 from taskcore import work
 from taskcore.messages import fingerprint
+from taskcore.signing import Signer
 
 
 def expected_result(task: dict) -> object:
@@ -73,15 +74,14 @@ def test_many_results_in_one_request(stack: Stack) -> None:
     assert stack.produce({"tasks": tasks})[0] == 202
     ids = [t["task_id"] for t in tasks]
     asked = ",".join(["never-submitted", *ids])
-    status, _, raw = http("GET", f"{stack.supervisor}results?ids={asked}&wait=15")
-    assert status == 200, raw
-    reply = json.loads(raw)
+    status, reply = stack.get(f"results?ids={asked}&wait=15")
+    assert status == 200, reply
     assert reply["not_found"] == ["never-submitted"]
     assert [record["task_id"] for record in reply["results"]] == ids
     assert [record["result"] for record in reply["results"]] == [expected_result(t) for t in tasks]
     for query in ("ids=", "ids=a%20b", "ids=" + ",".join(["x"] * 101), "ids=a&wait=21"):
-        status, _, raw = http("GET", f"{stack.supervisor}results?{query}")
-        assert status == 400 and json.loads(raw)["error"]["code"] in ("invalid_ids", "invalid_wait"), raw
+        status, reply = stack.get(f"results?{query}")
+        assert status == 400 and reply["error"]["code"] in ("invalid_ids", "invalid_wait"), reply
 
 
 def test_identical_tasks_are_computed_once(stack: Stack) -> None:
@@ -156,11 +156,45 @@ def test_bad_input_is_refused_and_changes_nothing(stack: Stack) -> None:
     assert after == before
 
 
+def test_supervisor_takes_signed_calls_only(stack: Stack) -> None:
+    body = json.dumps({"type": "hash", "payload": {"data": f"unsigned-{uuid.uuid4().hex}"}}).encode()
+    wrong = Signer(stack.signer.access_key, "not-the-secret", "us-east-1")
+    url = stack.supervisor + "supervise"
+    for headers in ({"Content-Type": "application/json"},  # unsigned
+                    wrong.headers("POST", url, body, {"Content-Type": "application/json"})):
+        status, reply_headers, raw = http("POST", url, body, headers)
+        assert status == 403 and reply_headers["x-amzn-ErrorType"] == "AccessDeniedException", raw
+    status, _, raw = http("GET", stack.supervisor + "stats")
+    assert status == 403, raw
+    # Nothing of the refused submission was kept, and the producer's signed calls go through.
+    fp = fingerprint("hash", json.loads(body)["payload"])
+    assert not redis.Redis.from_url(REDIS_URL).exists(f"{stack.namespace}inflight:{fp}")
+    status, reply = stack.produce(json.loads(body))
+    assert status == 202 and stack.wait_final(reply["task_id"])["status"] == "succeeded"
+
+
+def test_producer_without_credentials_answers_503(tmp_path: Path) -> None:
+    """A producer whose calls the supervisor refuses (here it has no credentials to sign with) says
+    so: 503, not the supervisor's 403."""
+    host = start_host(ROOT / "template.yaml", tmp_path / "localfaas",
+                      overrides={"Namespace": f"e2e{uuid.uuid4().hex[:8]}.", "RedisUrl": REDIS_URL,
+                                 "RabbitmqUrl": RABBITMQ_URL})
+    try:
+        status, _, reply = http("POST", host.urls["Producer"] + "produce",
+                                json.dumps({"type": "primes", "payload": {"n": 10}}).encode(),
+                                {"Content-Type": "application/json"})
+        assert status == 503, reply
+        assert "credentials" in json.loads(reply)["error"]["message"]
+    finally:
+        host.stop()
+
+
 def test_rabbitmq_unreachable_answers_503_and_leaves_nothing(tmp_path: Path) -> None:
     namespace = f"e2e{uuid.uuid4().hex[:8]}."
+    env_file, _ = stack_credentials(tmp_path)
     host = start_host(ROOT / "template.yaml", tmp_path / "localfaas",
                       overrides={"Namespace": namespace, "RabbitmqUrl": "amqp://guest:guest@127.0.0.1:1/%2F",
-                                 "RedisUrl": REDIS_URL})
+                                 "RedisUrl": REDIS_URL}, extra_args=["--env-file", str(env_file)])
     try:
         status, _, reply = http("POST", host.urls["Producer"] + "produce",
                                 json.dumps({"type": "primes", "payload": {"n": 10}}).encode(),
