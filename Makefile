@@ -19,8 +19,10 @@ services:
 lint: venv
 	$(BIN)/ruff check .
 
+# The tests use the stack's own RabbitMQ and Redis users (infra/local.env), created by provision.py.
 test: venv services lint
-	$(BIN)/pytest -q
+	$(BIN)/python infra/provision.py
+	env $$(grep -E '^(RABBITMQ_URL|REDIS_URL)=' infra/local.env) $(BIN)/pytest -q
 
 run: venv
 	infra/run.sh

@@ -10,6 +10,7 @@ set -a
 set +a
 
 infra/services.sh
+.venv/bin/python infra/provision.py
 .venv/bin/python infra/declare_topology.py
 
 mkdir -p .localfaas

@@ -18,12 +18,13 @@ from typing import Any
 import pika
 import pytest
 
+from bench.stack import RABBITMQ_URL
 from localfaas.invocation import Outcome
 from localfaas.logs import LogSink
 from localfaas.mq import MqMapping
 from localfaas.template import MqEvent
 
-BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+BROKER_URL = RABBITMQ_URL
 TEMPLATE = Path(__file__).parent / "fixtures" / "mq_template.yaml"
 BROKER_ARN = "arn:aws:mq:us-east-1:000000000000:broker:local:b-00000000-0000-0000-0000-000000000000"
 

@@ -13,13 +13,12 @@ import pika.exceptions
 import pytest
 import redis
 
+from bench.stack import RABBITMQ_URL, REDIS_URL  # the stack's own users under `make test`
 from taskcore.broker import Publisher, connection_parameters
 from taskcore.keys import Keys
 from taskcore.settings import Settings
 from taskcore.store import TaskStore
 
-RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-REDIS_URL = "redis://127.0.0.1:6379/0"
 CLOSED_PORT_AMQP = "amqp://guest:guest@127.0.0.1:1/%2F"
 CLOSED_PORT_REDIS = "redis://127.0.0.1:1/0"
 
