@@ -40,7 +40,11 @@ end
 
 # KEYS: none.
 # ARGV: prefix, now_ms, live_cutoff_ms, result_ttl_s, dispatch_mode ("round_robin"|"shared"), n, token,
-#       then n x (task_id, fingerprint, cache "1"|"0", type, complexity, payload_json, inflight_ttl_ms).
+#       deadline_ms, then n x (task_id, fingerprint, cache "1"|"0", type, complexity, payload_json,
+#       inflight_ttl_ms).
+# Returns "expired" and changes nothing when Redis runs it after deadline_ms (its own clock): the
+# caller has given up by then and answered 503, so the admission must not happen behind its back
+# (a Redis that froze runs the commands it had received when it resumes).
 # Returns JSON: [{task_id, outcome, status, cache, worker_id, leader, result?}] in input order, where
 #   outcome is "dispatch" (publish it: a leader, cache "miss", or a "bypass"), "hit" (with the cached
 #   result, as JSON text), "coalesced" or "exists".
@@ -50,11 +54,15 @@ ADMIT = """
 local prefix, now = ARGV[1], ARGV[2]
 local cutoff, result_ttl, mode, n = ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local token = ARGV[7]
+local clock = redis.call('TIME')
+if tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) > tonumber(ARGV[8]) then
+  return 'expired'
+end
 local stats = prefix .. 'stats'
 local live = nil
 local out, seen = {}, {}
 for i = 0, n - 1 do
-  local b = 8 + i * 7
+  local b = 9 + i * 7
   local id, fp, cache, ttype = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local complexity, payload, ttl = ARGV[b + 4], ARGV[b + 5], tonumber(ARGV[b + 6])
   local tkey = prefix .. 'task:' .. id

@@ -148,13 +148,18 @@ class TaskStore:
             return []
         token = token or uuid.uuid4().hex
         cutoff = now - int(self.settings.worker_ttl * 1000)
+        # Past this, the client has given up on the call (its socket timeout is longer): see ADMIT.
+        deadline = now_ms() + int(self.settings.redis_timeout * 1000)
         args: list[Any] = [self.keys.prefix, now, cutoff, self.settings.result_ttl,
-                           self.settings.dispatch_mode, len(tasks), token]
+                           self.settings.dispatch_mode, len(tasks), token, deadline]
         for task in tasks:
             args += [task.task_id, task.fingerprint, "1" if task.cache else "0", task.type, task.complexity,
                      json.dumps(task.payload, separators=(",", ":")),
                      self.settings.inflight_ttl_ms(task.complexity)]
-        decided = json.loads(self._admit(args=args))
+        reply = self._admit(args=args)
+        if reply in (b"expired", "expired"):
+            raise redis.TimeoutError("the task store ran the admission after its deadline: nothing admitted")
+        decided = json.loads(reply)
         return [Admission(task, d["outcome"], d["status"], d["cache"], d["worker_id"], d["leader"], token,
                           d.get("result", ""))
                 for task, d in zip(tasks, decided, strict=True)]

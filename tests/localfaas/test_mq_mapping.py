@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pika
 import pytest
@@ -25,6 +26,8 @@ from localfaas.mq import MqMapping
 from localfaas.template import MqEvent
 
 BROKER_URL = RABBITMQ_URL
+# RabbitMQ checks a message's user_id against the user that published it.
+BROKER_USER = unquote(urlsplit(BROKER_URL).username or "guest")
 TEMPLATE = Path(__file__).parent / "fixtures" / "mq_template.yaml"
 BROKER_ARN = "arn:aws:mq:us-east-1:000000000000:broker:local:b-00000000-0000-0000-0000-000000000000"
 
@@ -218,7 +221,7 @@ def test_event_shape_and_ack(localfaas: Callable[..., Any], queue: str, tmp_path
     host, records = start(localfaas, queue, tmp_path, BatchSize="10", Window="0")
     properties = pika.BasicProperties(
         content_type="application/json", headers={"task_id": "t-1", "attempt": 2}, delivery_mode=2,
-        message_id="m-8f3a", correlation_id="t-1", timestamp=1714564800, user_id="guest")
+        message_id="m-8f3a", correlation_id="t-1", timestamp=1714564800, user_id=BROKER_USER)
     publish(queue, {"result": "42"}, properties=properties)
     [event] = [r["event"] for r in records.wait(1, 8)]
     body = json.dumps({"result": "42"}).encode()
@@ -239,7 +242,7 @@ def test_event_shape_and_ack(localfaas: Callable[..., Any], queue: str, tmp_path
                 "messageId": "m-8f3a",
                 "timestamp": "May 1, 2024, 12:00:00 PM",
                 "type": None,
-                "userId": "guest",
+                "userId": BROKER_USER,
                 "appId": None,
                 "clusterId": None,
                 "bodySize": len(body),

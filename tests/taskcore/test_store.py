@@ -8,6 +8,7 @@ import time
 from collections import Counter
 
 import pytest
+import redis
 
 from taskcore.messages import Task, TaskResult, TaskSpec
 from taskcore.settings import Settings
@@ -58,6 +59,20 @@ def test_leader_then_coalesced_then_hit(store: TaskStore, ns: Namespace) -> None
     record = store.get("c")
     assert record["result"] == 4 and record["status"] == "succeeded"
     assert 0 < store.redis.ttl(ns.keys.task("c")) <= store.settings.result_ttl
+
+
+def test_admission_run_after_its_deadline_changes_nothing(store: TaskStore, ns: Namespace,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis that froze runs the ADMIT it had received when it resumes, after the caller gave up
+    and answered 503: the script sees its deadline passed (Redis's clock) and admits nothing."""
+    import taskcore.store
+
+    beat(store, "w1")
+    monkeypatch.setattr(taskcore.store, "now_ms", lambda: 0)  # a deadline long gone
+    with pytest.raises(redis.TimeoutError):
+        store.admit([task("late")], NOW)
+    assert store.get("late") is None
+    assert [k for k in count_keys(ns.keys.prefix) if b"worker" not in k] == []  # no record, claim or count
 
 
 def test_bypass_neither_reads_nor_coalesces_nor_writes_the_cache(store: TaskStore, ns: Namespace) -> None:

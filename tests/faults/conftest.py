@@ -1,0 +1,300 @@
+"""Private RabbitMQ and Redis instances for the fault tests, which stop, pause and kill them.
+
+Every test gets a redis-server and a RabbitMQ node of its own, on free ports, with their data in the
+test's temporary directory, so that breaking them cannot disturb the shared services (or other
+stacks using them). Both are torn down whatever happens in the test: the stack first (after the
+services were healed, so that its processes can stop cleanly), then the node's and Redis's whole
+process groups, by id.
+
+Redis outages are pauses (SIGSTOP ... SIGCONT of the redis-server process) rather than a shutdown
+and restart: without persistence (--save "" --appendonly no) a restarted Redis comes back empty,
+which would lose every record by construction and test nothing. SIGSTOP rather than
+`CLIENT PAUSE`: it freezes the server entirely (accepts, reads, heartbeats, every command),
+like a hung or partitioned Redis, and needs no live Redis connection to end it. Either way
+clients see timeouts (the task store's socket timeout, 7 s), and commands already sent are run
+when the server resumes (checked: CLIENT PAUSE does the same).
+
+RabbitMQ outages kill the node (SIGKILL to its process group) and boot it again on the same ports
+and data directory, so durable queues and persistent messages survive, as after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+import redis
+
+from bench.stack import Stack, start_stack, stop_stack
+
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")  # the scripts themselves, not /usr/sbin's su wrappers
+BOOT_TIMEOUT = 60.0
+# What the tests measured, printed at the end of the run (boot times, tasks in flight and lost).
+REPORT: list[str] = []
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port() -> int:
+    """A free port outside the kernel's ephemeral range. A port picked by bind(0) is an ephemeral
+    one, which any client's outgoing connection may take as its source port while the node is down,
+    and the node could not bind it again on restart (seen: "could not bind to distribution port")."""
+    low, high = _ephemeral_range()
+    candidates = [port for port in range(20000, 32000) if not low <= port <= high] or \
+        list(range(high + 1, 65535))
+    for _ in range(200):
+        port = random.choice(candidates)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def _kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    """Signals the process group led by `process` (started with start_new_session) and reaps it."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=15)
+    # Children that outlived the leader (erl_child_setup, inet_gethost) are in the same group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@dataclass
+class PrivateRedis:
+    directory: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.directory)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.client().ping():
+                    return
+            except redis.RedisError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log = (self.directory / "redis.log").read_text()
+                    raise RuntimeError(f"redis-server did not start: {log}") from None
+                time.sleep(0.05)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+    def pause(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.process is not None and self.paused:
+            os.kill(self.process.pid, signal.SIGCONT)
+        self.paused = False
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.resume()
+            _kill_group(self.process, signal.SIGTERM)
+            self.process = None
+
+
+@dataclass
+class PrivateRabbitMQ:
+    directory: Path
+    port: int = field(default_factory=free_port)
+    dist_port: int = field(default_factory=free_port)
+    node: str = field(default_factory=lambda: f"faults{uuid.uuid4().hex[:8]}@localhost")
+    process: subprocess.Popen[bytes] | None = None
+    boots: list[float] = field(default_factory=list)  # seconds from start to a working connection
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    @property
+    def env(self) -> dict[str, str]:
+        base = self.directory
+        return {
+            **os.environ,
+            # The Erlang cookie is created in HOME: the node and our rabbitmqctl share it.
+            "HOME": str(base),
+            # Not /etc/rabbitmq/rabbitmq-env.conf, which names the shared node.
+            "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(base / "log"),
+            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        }
+
+    @property
+    def rabbitmqctl(self) -> tuple[str, ...]:
+        """The command reaching this node (for bench.stack's cleanup too)."""
+        return ("env", f"HOME={self.directory}", str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node)
+
+    def start(self) -> float:
+        """Boots the node (again: same ports, same data) and waits for an AMQP connection."""
+        base = self.directory
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "rabbitmq-env.conf").write_text("")
+        (base / "enabled_plugins").write_text("[].\n")
+        # guest may only connect from localhost (the default), which is where we are.
+        (base / "rabbitmq.conf").write_text("loopback_users.guest = true\ndisk_free_limit.absolute = 10MB\n")
+        began = time.monotonic()
+        with open(base / "console.log", "ab") as console:
+            # cwd: where the Erlang VM would write an erl_crash.dump.
+            self.process = subprocess.Popen([str(RABBITMQ_BIN / "rabbitmq-server")], env=self.env, cwd=base,
+                                            stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+        while True:
+            try:
+                pika.BlockingConnection(pika.URLParameters(self.url + "?connection_attempts=1")).close()
+                break
+            except pika.exceptions.AMQPError:
+                if self.process.poll() is not None or time.monotonic() - began > BOOT_TIMEOUT:
+                    self.kill()
+                    console = (base / "console.log").read_text()
+                    raise RuntimeError(f"RabbitMQ did not boot:\n{console}") from None
+                time.sleep(0.1)
+        took = time.monotonic() - began
+        self.boots.append(took)
+        return took
+
+    def kill(self) -> None:
+        """A crash: SIGKILL to the node and its helpers."""
+        if self.process is not None:
+            _kill_group(self.process)
+            self.process = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.rabbitmqctl, *args], capture_output=True, text=True, timeout=60)
+
+    def connection(self) -> pika.BlockingConnection:
+        return pika.BlockingConnection(pika.URLParameters(self.url))
+
+    def depth(self, queue: str) -> int:
+        connection = self.connection()
+        try:
+            return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
+        finally:
+            connection.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_rabbitmq(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[PrivateRabbitMQ]:
+    broker = PrivateRabbitMQ(tmp_path / "rabbitmq")
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.kill()
+        if broker.boots:
+            REPORT.append(f"{request.node.name}: private RabbitMQ boots "
+                          f"{', '.join(f'{b:.1f}s' for b in broker.boots)}")
+
+
+@dataclass
+class Faults:
+    """The stack under test and the services it runs on."""
+
+    stack: Stack
+    rabbitmq: PrivateRabbitMQ
+    redis: PrivateRedis
+
+
+@pytest.fixture
+def faults_factory(tmp_path: Path, private_rabbitmq: PrivateRabbitMQ,
+                   private_redis: PrivateRedis) -> Iterator[Callable[..., Faults]]:
+    """`faults_factory(workers=..., extra_env=...)` starts the stack on the private services; it is
+    stopped after the test, with the services healed first (Redis resumed, RabbitMQ booted)."""
+    started: list[Stack] = []
+
+    def start(**kwargs: Any) -> Faults:
+        stack = start_stack(tmp_path / "stack", namespace_prefix="faults",
+                            rabbitmq_url=private_rabbitmq.url, redis_url=private_redis.url,
+                            rabbitmqctl=private_rabbitmq.rabbitmqctl, **kwargs)
+        started.append(stack)
+        return Faults(stack, private_rabbitmq, private_redis)
+
+    yield start
+    private_redis.resume()
+    with contextlib.suppress(Exception):  # a node that cannot boot again must not stop the teardown
+        if not private_rabbitmq.running:
+            private_rabbitmq.start()
+    for stack in started:
+        try:
+            stop_stack(stack)
+        except Exception as error:  # the services are thrown away anyway; the processes must go
+            REPORT.append(f"stop_stack: {error!r}")
+        finally:
+            for process in (stack.fleet, stack.host.process):
+                if process is not None and process.poll() is None:
+                    process.kill()  # the fleet's workers die with it (PR_SET_PDEATHSIG)
+                    process.wait(timeout=15)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if REPORT:
+        terminalreporter.section("faults: measurements")
+        for line in REPORT:
+            terminalreporter.write_line(line)
