@@ -8,6 +8,7 @@ import base64
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -48,5 +49,15 @@ def test_result_handler_fails_the_batch_when_redis_is_down(monkeypatch: pytest.M
     event = {"eventSource": "aws:rmq", "rmqMessagesByQueue": {"results::/": [
         {"data": base64.b64encode(json.dumps(result).encode()).decode(), "redelivered": False,
          "basicProperties": {}}]}}
+    started = time.monotonic()
+
+    class Context:  # a Lambda context with 6 s left
+        @staticmethod
+        def get_remaining_time_in_millis() -> int:
+            return int((started + 6 - time.monotonic()) * 1000)
+
     with pytest.raises(redis.RedisError):  # the invocation fails; the mapping requeues the batch
-        handler.handle_results(event, None)
+        handler.handle_results(event, Context())
+    # ... not at once (that would spend the queue's delivery limit in seconds), but once retrying
+    # would run into the invocation's timeout (taskcore.results.MARGIN_MS before it).
+    assert 1.5 < time.monotonic() - started < 6  # pauses 0.2 + 0.5 + 1.0 s, then 2 s would pass the margin
