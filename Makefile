@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv services test lint run load-test bench clean
+.PHONY: venv services test lint run load-test bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench: venv services
 		|| echo "bench: wrk not installed (apt-get install wrk): using the Python load generator"
 	$(BIN)/python bench/localfaas_bench.py
 	$(BIN)/python bench/compare.py
+
+# 50,000 tasks at a steady rate with a worker SIGKILLed every 3 s; prints where every task ended.
+soak: venv services
+	$(BIN)/python infra/provision.py
+	env $$(grep -E '^(RABBITMQ_URL|REDIS_URL)=' infra/local.env) $(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .localfaas .pytest_cache .ruff_cache

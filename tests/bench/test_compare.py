@@ -62,3 +62,27 @@ def test_keys_without_ttl() -> None:
         assert memory.keys_without_ttl(client, namespace) == ["kept"]
     finally:
         client.delete(namespace + "kept", namespace + "expiring")
+
+
+def test_soak_accounting_tells_kills_from_duplicates() -> None:
+    from bench import loadgen, soak
+
+    def outcome(index: int, status: str, error: str | None = None) -> loadgen.TaskOutcome:
+        task = loadgen.TaskOutcome(index, "hash", 1)
+        task.task_id, task.outcome, task.error = f"t{index}", status, error
+        return task
+
+    outcomes = [outcome(0, "succeeded"), outcome(1, "failed", "soak failure 1"), outcome(2, "succeeded"),
+                outcome(3, "timeout")]
+    executions = [{"task_id": "t0", "attempt": 1, "pid": 10, "status": "succeeded"},
+                  {"task_id": "t0", "attempt": 1, "pid": 11, "status": "succeeded"},  # 10 was killed
+                  *({"task_id": "t1", "attempt": n, "pid": 11, "status": "failed"} for n in (1, 2, 3)),
+                  {"task_id": "t2", "attempt": 1, "pid": 11, "status": "succeeded"},
+                  {"task_id": "t2", "attempt": 1, "pid": 12, "status": "succeeded"},  # nobody killed 11
+                  {"task_id": "t2", "attempt": 1, "pid": 12, "status": "cancelled"}]
+    report = soak.account(outcomes, executions, killed_pids={10})
+    assert report["statuses"] == {"succeeded": 2, "failed": 1, "timeout": 1} and report["lost"] == 1
+    assert report["failed_reasons"] == {"soak failure 1": 1}
+    # Retries are new attempts, not duplicates; t0's second run is the kill's doing, t2's is not.
+    assert report["computed_more_than_once"] == 2 and report["explained_by_a_kill"] == 1
+    assert report["unexplained"] == ["t2 attempt 1"]
