@@ -3,8 +3,12 @@
 A Redis that is down must not cost results: the batch is retried within the invocation while it
 has time left, so a short outage is absorbed, and only then does the invocation fail (the mapping
 returns the batch to the queue). Failing at once would spend the queue's delivery limit in seconds
-and dead-letter good results. An error that is not the connection's (a script error on a
-corrupted record) is raised at once: waiting cannot fix it."""
+and dead-letter good results.
+
+A poison message must not cost the others either: one that is not a result, or a result whose
+storing fails whatever the wait (a script error on a corrupted record), is dead-lettered on its
+own (to results.dead, counted in GET /stats) and the rest of the batch is stored. Failing the
+batch for it would have the broker dead-letter the whole batch, good results with it."""
 
 from __future__ import annotations
 
@@ -28,30 +32,39 @@ MARGIN_MS = 3000
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 
 
-def read_batch(event: dict[str, Any]) -> tuple[list[TaskResult], int]:
-    """The results of an aws:rmq event, and how many messages were not results (skipped: storing
-    them is impossible and redelivery cannot help)."""
-    results, unreadable = [], 0
+# Sends poison messages to results.dead: (raw body, message id) each; raises if it cannot.
+DeadLetter = Callable[[list[tuple[bytes, str]]], None]
+
+
+def read_batch(event: dict[str, Any]) -> tuple[list[tuple[TaskResult, bytes]], list[tuple[bytes, str]]]:
+    """The results of an aws:rmq event with their raw bodies, and the messages that are not
+    results (raw body, reason)."""
+    results, unreadable = [], []
     for messages in event.get("rmqMessagesByQueue", {}).values():
         for message in messages:
             try:
-                results.append(TaskResult.from_json(base64.b64decode(message["data"])))
-            except (MessageError, ValueError, KeyError) as error:
-                unreadable += 1
-                log.error("unreadable result message skipped: %s", error)
+                body = base64.b64decode(message["data"])
+            except (ValueError, KeyError, TypeError) as error:
+                unreadable.append((b"", f"no data: {error}"))
+                continue
+            try:
+                results.append((TaskResult.from_json(body), body))
+            except (MessageError, ValueError) as error:
+                unreadable.append((body, str(error)))
     return results, unreadable
 
 
 def store_batch(store: TaskStore, event: dict[str, Any], remaining_ms: Callable[[], int],
-                sleep: Callable[[float], None] = time.sleep) -> dict[str, int]:
+                dead_letter: DeadLetter, sleep: Callable[[float], None] = time.sleep) -> dict[str, int]:
     """Stores the event's results; retries while Redis is unreachable and `remaining_ms()` (the
-    invocation's time left) allows, then raises."""
+    invocation's time left) allows, then raises; dead-letters poison messages one by one."""
     results, unreadable = read_batch(event)
-    attempts = 0
-    while True:
+    poison = [(body, f"unreadable: {reason}") for body, reason in unreadable]
+    attempts, outcomes = 0, []
+    while results:
         attempts += 1
         try:
-            outcomes = store.complete(results) if results else []
+            outcomes = store.complete([result for result, _ in results])
             break
         except TRANSIENT as error:
             pause = RETRY_PAUSES[min(attempts, len(RETRY_PAUSES)) - 1]
@@ -59,5 +72,18 @@ def store_batch(store: TaskStore, event: dict[str, Any], remaining_ms: Callable[
                 raise
             log.warning("Redis unreachable (%r); storing the batch again in %.1f s", error, pause)
             sleep(pause)
+        except redis.ResponseError:
+            # Something in the batch cannot be stored: find it by storing them one by one.
+            outcomes = []
+            for result, body in results:
+                try:
+                    outcomes += store.complete([result])
+                except redis.ResponseError as error:
+                    poison.append((body, f"cannot be stored: {error}"))
+            break
+    if poison:
+        for body, reason in poison:
+            log.error("poison result message dead-lettered: %s: %r", reason, body[:200])
+        dead_letter([(body, "") for body, _ in poison])
     return {"stored": outcomes.count("completed"), "duplicates": outcomes.count("duplicate"),
-            "unreadable": unreadable, "attempts": attempts}
+            "dead_lettered": len(poison), "attempts": attempts}

@@ -3,7 +3,8 @@
 A whole batch is completed in one Redis script call (taskcore.results). While Redis is unreachable
 it is retried as long as the invocation has time; then the invocation fails, and the mapping
 returns the batch to the queue: no result is lost. Completion is idempotent, so a redelivered batch
-changes nothing twice."""
+changes nothing twice. A poison message (not a result, or one that cannot be stored) is
+dead-lettered on its own, and the rest of its batch stored."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 
 from chalice import Chalice
 
+from taskcore.broker import Publisher
+from taskcore.keys import RESULTS_DEAD_ROUTING_KEY, Keys
 from taskcore.results import store_batch
 from taskcore.settings import Settings
 from taskcore.store import TaskStore
@@ -21,10 +24,17 @@ app.log.setLevel(logging.INFO)
 
 settings = Settings.from_env()
 store = TaskStore.for_settings(settings)
+publisher = Publisher(settings)  # connects only when there is a poison message to dead-letter
+keys = Keys(settings.namespace)
+
+
+def dead_letter(messages: list[tuple[bytes, str]]) -> None:
+    publisher.publish(keys.dead_exchange, [(RESULTS_DEAD_ROUTING_KEY, body, message_id)
+                                           for body, message_id in messages])
 
 
 @app.lambda_function(name="handle_results")
 def handle_results(event: dict[str, Any], context: Any) -> dict[str, int]:
-    summary = store_batch(store, event, context.get_remaining_time_in_millis)
+    summary = store_batch(store, event, context.get_remaining_time_in_millis, dead_letter)
     app.log.info("batch: %s", summary)
     return summary

@@ -47,12 +47,20 @@ class Clock:
         self.left_ms -= int(seconds * 1000)
 
 
-def test_a_batch_is_stored_and_what_is_not_a_result_is_skipped(store: TaskStore) -> None:
+class DeadLetters(list):
+    """What the handler dead-letters (the app publishes it to results.dead)."""
+
+    def __call__(self, messages: list[tuple[bytes, str]]) -> None:
+        self.extend(body for body, _ in messages)
+
+
+def test_a_batch_is_stored_and_what_is_not_a_result_is_dead_lettered(store: TaskStore) -> None:
     a, b = admitted(store, "a"), admitted(store, "b")
+    dead = DeadLetters()
     summary = results.store_batch(store, event(outcome(a).to_json(), b"not json", outcome(b).to_json(),
-                                               outcome(a).to_json()), Clock(30_000).remaining)
-    assert summary == {"stored": 2, "duplicates": 1, "unreadable": 1, "attempts": 1}
-    assert store.get("b")["result"] == "r"
+                                               outcome(a).to_json()), Clock(30_000).remaining, dead)
+    assert summary == {"stored": 2, "duplicates": 1, "dead_lettered": 1, "attempts": 1}
+    assert store.get("b")["result"] == "r" and dead == [b"not json"]
 
 
 def test_redis_down_is_retried_until_the_invocation_would_time_out() -> None:
@@ -60,7 +68,7 @@ def test_redis_down_is_retried_until_the_invocation_would_time_out() -> None:
     clock = Clock(10_000)
     with pytest.raises(redis.ConnectionError):
         task = Task.from_spec(TaskSpec("sleep", {}, 1, "x"), NOW)
-        results.store_batch(down, event(outcome(task).to_json()), clock.remaining, clock.sleep)
+        results.store_batch(down, event(outcome(task).to_json()), clock.remaining, DeadLetters(), clock.sleep)
     # 10 s less 5.7 s of pauses: one more pause of 2 s would leave less than the margin.
     assert clock.pauses == [0.2, 0.5, 1.0, 2.0, 2.0]
     assert clock.left_ms >= results.MARGIN_MS
@@ -84,16 +92,19 @@ def test_a_short_outage_costs_nothing(store: TaskStore) -> None:
     task = admitted(store, "c")
     clock = Clock(30_000)
     summary = results.store_batch(Outage(store, 2), event(outcome(task).to_json()), clock.remaining,
-                                  clock.sleep)
+                                  DeadLetters(), clock.sleep)
     assert summary["stored"] == 1 and summary["attempts"] == 3 and clock.pauses == [0.2, 0.5]
     assert store.get("c")["status"] == "succeeded"
 
 
-def test_an_error_that_waiting_cannot_fix_fails_at_once(store: TaskStore) -> None:
-    task = admitted(store, "d")
-    store.redis.delete(store.keys.task("d"))
-    store.redis.set(store.keys.task("d"), "not a hash")  # a corrupted record: WRONGTYPE in the script
-    clock = Clock(30_000)
-    with pytest.raises(redis.ResponseError):
-        results.store_batch(store, event(outcome(task).to_json()), clock.remaining, clock.sleep)
-    assert clock.pauses == []
+def test_a_result_that_cannot_be_stored_is_dead_lettered_alone(store: TaskStore) -> None:
+    good, bad = admitted(store, "good"), admitted(store, "bad")
+    store.redis.delete(store.keys.task("bad"))
+    store.redis.set(store.keys.task("bad"), "not a hash")  # a corrupted record: WRONGTYPE in the script
+    clock, dead = Clock(30_000), DeadLetters()
+    summary = results.store_batch(store, event(outcome(bad).to_json(), outcome(good).to_json()),
+                                  clock.remaining, dead, clock.sleep)
+    # No waiting (it cannot help), the poison one dead-lettered, its good neighbour stored.
+    assert clock.pauses == [] and dead == [outcome(bad).to_json()]
+    assert summary["stored"] == 1 and summary["dead_lettered"] == 1
+    assert store.get("good")["status"] == "succeeded"
