@@ -2,7 +2,7 @@
 seconds, then every task accounted for: succeeded, failed with its reason, or dead-lettered, and
 nothing lost; tasks computed more than once are counted, with those a kill explains apart.
 
-    python bench/soak.py [--tasks 50000] [--rate 250] [--kill-every 3] [--workers 4]
+    python bench/soak.py [--tasks 50000] [--rate 120] [--kill-every 3] [--workers 4]
 
 Exits 1 if a task was lost (no final status by the deadline) or computed twice without a kill to
 explain it. Writes bench/reports/soak-<time>.json.
@@ -99,7 +99,7 @@ def account(outcomes: Sequence[loadgen.TaskOutcome], executions: Sequence[dict[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=50_000)
-    parser.add_argument("--rate", type=float, default=250.0, help="tasks per second, steady")
+    parser.add_argument("--rate", type=float, default=120.0, help="tasks per second, steady")
     parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between worker kills")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--unit-seconds", type=float, default=0.0, help="TASK_UNIT_SECONDS")
