@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,6 +248,18 @@ def start_stack(run_dir: Path, workers: int = 4, extra_env: dict[str, str] | Non
         stop_stack(stack)
         raise
     return stack
+
+
+def eventually(check: Callable[[], Any], timeout: float, what: str, pause: float = 0.1) -> Any:
+    """Polls `check` until it returns something truthy; fails with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout}s (last: {value!r})")
+        time.sleep(pause)
 
 
 def stack_credentials(run_dir: Path, region: str = "us-east-1") -> tuple[Path, Signer]:

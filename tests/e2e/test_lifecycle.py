@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import pika
 import pytest
 import redis
 
-from bench.stack import RABBITMQ_URL, REDIS_URL, Stack, start_stack, stop_stack
+from bench.stack import RABBITMQ_URL, REDIS_URL, Stack, eventually, start_stack, stop_stack
 from taskcore import work
 from taskcore.keys import Keys
 from taskcore.messages import fingerprint
@@ -31,18 +31,6 @@ FINAL = ("succeeded", "failed")
 RESULT_TTL = 5
 CACHE_TTL = 3
 BROKER_HEARTBEAT = 2
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str, pause: float = 0.1) -> Any:
-    """Polls `check` until it returns something truthy; fails with `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout}s (last: {value!r})")
-        time.sleep(pause)
 
 
 def worker_entry(stack: Stack, worker_id: str) -> dict[str, Any] | None:

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from bench.stack import Stack
 
 FINAL = ("succeeded", "failed")
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str, pause: float = 0.1) -> Any:
-    """Polls `check` until it returns something truthy; fails with `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout}s (last: {value!r})")
-        time.sleep(pause)
 
 
 def sleep_task(seconds: float, task_id: str | None = None) -> dict[str, Any]:

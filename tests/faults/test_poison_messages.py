@@ -16,10 +16,11 @@ from collections.abc import Callable
 
 import pika
 
+from bench.stack import eventually
 from taskcore import keys as names
 from taskcore.keys import Keys
 from tests.faults.conftest import REPORT, Faults
-from tests.faults.helpers import eventually, mapping_status, new_id, sleep_task, unique_seconds
+from tests.faults.helpers import mapping_status, new_id, sleep_task, unique_seconds
 
 
 def publish(url: str, exchange: str, routing_key: str, body: bytes) -> None:

@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bench.stack import eventually
 from taskcore.keys import Keys
 from taskcore.messages import fingerprint
 from tests.faults.conftest import REPORT, Faults
-from tests.faults.helpers import eventually, final_records, mapping_status, new_id, sleep_task, unique_seconds
+from tests.faults.helpers import final_records, mapping_status, new_id, sleep_task, unique_seconds
 
 BATCH = 4  # tasks per submission: a 503 must undo the whole batch
 

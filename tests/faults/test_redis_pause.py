@@ -15,10 +15,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from bench.stack import eventually
 from taskcore.keys import Keys
 from taskcore.messages import fingerprint
 from tests.faults.conftest import REPORT, Faults
-from tests.faults.helpers import eventually, final_records, mapping_status, new_id, sleep_task, unique_seconds
+from tests.faults.helpers import final_records, mapping_status, new_id, sleep_task, unique_seconds
 
 PAUSE_SECONDS = 10  # above the task store's 7 s socket timeout, below WORKER_TTL (10 s) + a beat
 

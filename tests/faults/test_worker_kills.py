@@ -15,9 +15,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.stack import eventually
 from taskcore.keys import Keys
 from tests.faults.conftest import REPORT, Faults
-from tests.faults.helpers import eventually, final_records, new_id, sleep_task, unique_seconds
+from tests.faults.helpers import final_records, new_id, sleep_task, unique_seconds
 
 TASKS = 200
 
