@@ -2,9 +2,9 @@
 flowing, then resumed.
 
 Proves: while it is frozen the supervisor answers 503 (GET /results, GET /stats); the result
-handler's invocations fail (Redis timeouts) and localfaas nacks and requeues their batches, which
-are delivered again once Redis is back, so every result is stored: every task ends succeeded with
-its own result and nothing is dead-lettered.
+handler's invocation retries until Redis answers again (or, past its time, fails and localfaas
+requeues its batch), so every result is stored: every task ends succeeded with its own result and
+nothing is dead-lettered.
 
 Also shows that a submission answered 503 during the freeze leaves nothing behind: its ADMIT script
 was already sent when the client timed out, and Redis runs it when it resumes, but the script sees
@@ -42,16 +42,14 @@ def test_redis_frozen_while_results_flow(faults_factory: Callable[..., Faults]) 
         assert status == 503 and answer["error"]["code"] == "unavailable", (status, answer)
         status, answer = stack.get("stats")
         assert status == 503, (status, answer)
-        # Results keep being published meanwhile; their batches fail and are requeued.
-        eventually(lambda: mapping_status(stack)["failed_batches"] > failed_before,
-                   PAUSE_SECONDS + 5, "a result batch failed while Redis is frozen")
+        # Results keep being published meanwhile; the result handler's invocation waits for Redis
+        # (taskcore.results retries within its time), or fails and its batch is requeued.
         time.sleep(max(0.0, PAUSE_SECONDS - (time.monotonic() - frozen_at)))
     records = final_records(stack, ids, timeout=45)
     wrong = [r for r in records.values()
              if r["status"] != "succeeded" or r["result"] != {"slept": seconds[r["task_id"]]}]
     assert not wrong, wrong[:5]
     mapping = mapping_status(stack)
-    assert mapping["requeued"] >= 1, mapping
     keys = Keys(stack.namespace)
     stats = eventually(lambda: (s := stack.stats())["queues"][keys.results_queue] == 0 and s, 15,
                        "the results queue drained")
@@ -59,7 +57,7 @@ def test_redis_frozen_while_results_flow(faults_factory: Callable[..., Faults]) 
     assert stats["tasks"]["succeeded"] == len(ids), stats["tasks"]
     assert stats["tasks"]["queued"] == 0 and stats["tasks"]["running"] == 0, stats["tasks"]
     REPORT.append(f"redis freeze: {len(ids) - before} of {len(ids)} tasks not yet stored when Redis froze "
-                  f"for {PAUSE_SECONDS}s; {mapping['failed_batches']} result batches failed, "
+                  f"for {PAUSE_SECONDS}s; {mapping['failed_batches'] - failed_before} result batches failed, "
                   f"{mapping['requeued']} result messages requeued; lost: 0")
 
 
