@@ -16,7 +16,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from taskcore.broker import Publisher, PublishError
 from taskcore.errors import Unavailable
 from taskcore.keys import SHARED, Keys, routing_key_for, worker_routing_key
-from taskcore.messages import MessageError, Task, TaskSpec
+from taskcore.messages import MessageError, Task, TaskResult, TaskSpec
 from taskcore.settings import Settings
 from taskcore.store import Admission, TaskStore, now_ms
 
@@ -91,8 +91,9 @@ def _side_channel(publisher: Publisher):  # type: ignore[no-untyped-def]
 def janitor(settings: Settings, store: TaskStore, publisher: Publisher,
             now: int | None = None) -> dict[str, Any]:
     """Moves the queued tasks of dead workers to live ones (or the shared queue when none is live),
-    deletes the dead workers' queues and forgets the workers. Safe to run concurrently with
-    dispatch and to re-run after a crash: a worker is only forgotten once its queue is gone."""
+    deletes the dead workers' queues and forgets the workers; fails the dead-lettered tasks. Safe to
+    run concurrently with dispatch and to re-run after a crash: a worker is only forgotten once its
+    queue is gone."""
     now = now_ms() if now is None else now
     keys = Keys(settings.namespace)
     dead = store.dead_workers(now)
@@ -118,7 +119,46 @@ def janitor(settings: Settings, store: TaskStore, publisher: Publisher,
             report["removed"] += store.forget_workers([worker], now)
         else:
             report["kept"].append(worker)
+    report["failed_dead"] = fail_dead_tasks(store, publisher, keys, now)
     return report
+
+
+DEAD_LETTERED = ("dead-lettered: the broker gave up delivering this task (its delivery limit was "
+                 "exceeded: every worker that took it crashed or rejected it)")
+
+
+def fail_dead_tasks(store: TaskStore, publisher: Publisher, keys: Keys, now: int) -> int:
+    """Fails the tasks the broker dead-lettered to tasks.dead (a worker crashed on each delivery,
+    or rejected the message), with that reason, so that they and their followers end instead of
+    waiting for their TTL; acks them once failed. Messages that are no task stay there, for an
+    operator (and GET /stats) to see. Returns how many tasks it failed."""
+    failed = 0
+    with _side_channel(publisher) as channel:
+        while True:
+            tasks, garbage = [], []
+            while len(tasks) + len(garbage) < JANITOR_BATCH:
+                try:
+                    method, _properties, body = channel.basic_get(keys.tasks_dead_queue, auto_ack=False)
+                except pika.exceptions.ChannelClosedByBroker as error:
+                    if error.reply_code == 404:  # no topology declared yet: nothing was dead-lettered
+                        return failed
+                    raise
+                if method is None:
+                    break
+                try:
+                    tasks.append((method.delivery_tag, Task.from_json(body)))
+                except MessageError:
+                    garbage.append(method.delivery_tag)  # held until the end of the batch, then returned
+            if tasks:
+                store.complete([TaskResult(task.task_id, task.fingerprint, "failed", "", now, now,
+                                           task.attempt + 1, error=DEAD_LETTERED) for _, task in tasks], now)
+                for tag, _ in tasks:
+                    channel.basic_ack(tag)
+                failed += len(tasks)
+            for tag in garbage:
+                channel.basic_nack(tag, requeue=True)
+            if len(tasks) + len(garbage) < JANITOR_BATCH or not tasks:
+                return failed
 
 
 def _unbind(publisher: Publisher, keys: Keys, worker: str) -> bool:

@@ -164,6 +164,29 @@ def test_janitor_forgets_a_dead_worker_without_a_queue(ns: Namespace, store: Tas
     assert report["removed"] == ["never-declared"]
 
 
+def test_janitor_fails_dead_lettered_tasks_and_leaves_garbage(ns: Namespace, store: TaskStore,
+                                                              publisher: Publisher, channel: BlockingChannel,
+                                                              settings: Settings) -> None:
+    declare_topology(channel, settings, [])
+    now = now_ms()
+    beat(store, "w1", now)
+    submit([spec(5, "leader")], settings, store, publisher, now)
+    submit([spec(5, "follower")], settings, store, publisher, now)  # coalesced onto the leader
+    leader = Task.from_spec(spec(5, "leader"), now)
+    # What the broker does after the delivery limit: the message lands in tasks.dead.
+    for body in (leader.to_json(), b"not a task"):
+        channel.basic_publish("", ns.keys.tasks_dead_queue, body)
+    report = janitor(settings, store, publisher, now)
+    assert report["failed_dead"] == 1
+    for task_id in ("leader", "follower"):
+        record = store.get(task_id)
+        assert record["status"] == "failed" and "dead-lettered" in record["error"], record
+    # The message that is no task stays, for an operator and GET /stats to see.
+    depth = channel.queue_declare(ns.keys.tasks_dead_queue, passive=True).method.message_count
+    assert depth == 1
+    assert janitor(settings, store, publisher, now)["failed_dead"] == 0
+
+
 def test_reports(ns: Namespace, store: TaskStore, publisher: Publisher, channel: BlockingChannel,
                  settings: Settings) -> None:
     ns.worker_ids.add("w1")
