@@ -250,15 +250,18 @@ def start_stack(run_dir: Path, workers: int = 4, extra_env: dict[str, str] | Non
     return stack
 
 
-def eventually(check: Callable[[], Any], timeout: float, what: str, pause: float = 0.1) -> Any:
-    """Polls `check` until it returns something truthy; fails with `what` after `timeout` s."""
+def eventually(check: Callable[[], Any], timeout: float, what: str | Callable[[], str],
+               pause: float = 0.05) -> Any:
+    """Polls `check` until it returns something truthy; fails saying `what` (a text, or a function
+    giving it when needed) after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout}s (last: {value!r})")
+            text = what if isinstance(what, str) else what()
+            raise AssertionError(f"{text}: not after {timeout}s (last: {value!r})")
         time.sleep(pause)
 
 

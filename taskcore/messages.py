@@ -187,10 +187,7 @@ def validate_submission(body: bytes | str, settings: Settings) -> list[TaskSpec]
 
 
 def parse_submission(body: bytes | str, settings: Settings) -> Submission:
-    raw = body.encode() if isinstance(body, str) else body
-    if len(raw) > settings.max_body_bytes:
-        raise ValidationError("body_too_large", f"the body is over {settings.max_body_bytes} bytes",
-                              {"max_bytes": settings.max_body_bytes, "bytes": len(raw)})
+    raw = _bounded_body(body, settings)
     data = _parse_json(raw)
     if not isinstance(data, dict):
         raise ValidationError("not_an_object",
@@ -214,10 +211,7 @@ def parse_submission(body: bytes | str, settings: Settings) -> Submission:
 
 def parse_generate(body: bytes | str, settings: Settings, max_count: int) -> tuple[int, int]:
     """POST /generate {"count": 1..max_count (10), "seed": integer (0)}; an empty body is {}."""
-    raw = body.encode() if isinstance(body, str) else body
-    if len(raw) > settings.max_body_bytes:
-        raise ValidationError("body_too_large", f"the body is over {settings.max_body_bytes} bytes",
-                              {"max_bytes": settings.max_body_bytes, "bytes": len(raw)})
+    raw = _bounded_body(body, settings)
     data = _parse_json(raw) if raw.strip() else {}
     if not isinstance(data, dict):
         raise ValidationError("not_an_object", "the body must be a JSON object {\"count\", \"seed\"}")
@@ -232,6 +226,14 @@ def parse_generate(body: bytes | str, settings: Settings, max_count: int) -> tup
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValidationError("invalid_seed", "seed must be an integer")
     return count, seed
+
+
+def _bounded_body(body: bytes | str, settings: Settings) -> bytes:
+    raw = body.encode() if isinstance(body, str) else body
+    if len(raw) > settings.max_body_bytes:
+        raise ValidationError("body_too_large", f"the body is over {settings.max_body_bytes} bytes",
+                              {"max_bytes": settings.max_body_bytes, "bytes": len(raw)})
+    return raw
 
 
 def _parse_json(raw: bytes) -> Any:

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 import pika
 import pytest
 
-from bench.stack import RABBITMQ_URL
+from bench.stack import RABBITMQ_URL, eventually
 from localfaas.invocation import Outcome
 from localfaas.logs import LogSink
 from localfaas.mq import MqMapping
@@ -53,16 +53,6 @@ def publish(queue: str, *bodies: Any, properties: pika.BasicProperties | None = 
 def ready_count(queue: str) -> int:
     with broker() as connection:
         return connection.channel().queue_declare(queue, passive=True).method.message_count
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def bodies_of(event: dict[str, Any]) -> list[Any]:
@@ -110,7 +100,7 @@ class Records:
         return [record["event"] for record in self.all()]
 
     def wait(self, count: int, timeout: float) -> list[dict[str, Any]]:
-        return wait_for(lambda: len(self.all()) >= count and self.all(), timeout, f"{count} batches")
+        return eventually(lambda: len(self.all()) >= count and self.all(), timeout, f"{count} batches")
 
 
 def start(localfaas: Callable[..., Any], queue: str, tmp_path: Path, env: dict[str, str] | None = None,
@@ -118,7 +108,7 @@ def start(localfaas: Callable[..., Any], queue: str, tmp_path: Path, env: dict[s
     records = Records(tmp_path / "records.jsonl")
     host = localfaas(TEMPLATE, overrides={"Queue": queue, "RecordFile": str(records.path), **parameters},
                      env=env)
-    wait_for(lambda: mapping_status(host)["connected"], 10, "the mapping to connect")
+    eventually(lambda: mapping_status(host)["connected"], 10, "the mapping to connect")
     return host, records
 
 
@@ -151,12 +141,12 @@ def test_consumer_waits_for_its_queue_survives_a_broker_drop_and_stops(tmp_path:
     try:
         mapping.start()
         # The queue does not exist yet: said clearly, retried, nothing crashes.
-        wait_for(lambda: "does not exist" in console.getvalue(), 5, "the missing-queue message")
+        eventually(lambda: "does not exist" in console.getvalue(), 5, "the missing-queue message")
         assert f"queue '{queue}' does not exist on vhost '/'" in console.getvalue()
         assert mapping.status()["connected"] is False
         declare(queue)
         publish(queue, {"n": 1}, {"raise": True})
-        wait_for(lambda: mapping.status()["acked"] == 2, 10, "the batch to be acked")
+        eventually(lambda: mapping.status()["acked"] == 2, 10, "the batch to be acked")
         assert mapping.status()["connected"] is True
         # The first delivery made invoke raise: requeued, then redelivered and acked.
         seen = [(body, m["redelivered"]) for e in received
@@ -167,12 +157,12 @@ def test_consumer_waits_for_its_queue_survives_a_broker_drop_and_stops(tmp_path:
         assert "failed (RuntimeError: invoke itself failed); messages requeued" in console.getvalue()
 
         close_broker_side(f"localfaas Direct <- {queue}")
-        wait_for(lambda: mapping.status()["reconnects"] == 1 and mapping.status()["connected"], 10,
+        eventually(lambda: mapping.status()["reconnects"] == 1 and mapping.status()["connected"], 10,
                  "the reconnect")
         assert "reconnected, consuming again" in console.getvalue()
         assert "CONNECTION_FORCED" in console.getvalue()
         publish(queue, {"n": 2})
-        wait_for(lambda: mapping.status()["acked"] == 3, 10, "the message after the reconnect")
+        eventually(lambda: mapping.status()["acked"] == 3, 10, "the message after the reconnect")
         assert bodies_of(received[-1]) == [{"n": 2}]
         assert ready_count(queue) == 0
 
@@ -201,7 +191,7 @@ def test_batches_close_at_batch_size(localfaas: Callable[..., Any], queue: str, 
                                                          [{"n": n} for n in range(5, 10)]]
     # Well before the 10 s window: the batches closed because they were full.
     assert all(r["at"] - published < 6 for r in batches)
-    wait_for(lambda: mapping_status(host)["acked"] == 10, 5, "the acks")
+    eventually(lambda: mapping_status(host)["acked"] == 10, 5, "the acks")
     assert mapping_status(host)["batches"] == 2
 
 
@@ -251,7 +241,7 @@ def test_event_shape_and_ack(localfaas: Callable[..., Any], queue: str, tmp_path
             "data": base64.b64encode(body).decode(),
         }]},
     }
-    wait_for(lambda: mapping_status(host)["acked"] == 1, 5, "the ack")
+    eventually(lambda: mapping_status(host)["acked"] == 1, 5, "the ack")
     assert ready_count(queue) == 0
     # Had anything been left unacked, closing the consumer's connection would requeue it.
     host.stop()
@@ -265,7 +255,7 @@ def test_failed_batch_is_redelivered(localfaas: Callable[..., Any], queue: str, 
     first, second = [r["event"] for r in records.wait(2, 10)]
     assert bodies_of(first) == bodies_of(second) == [{"fail": True, "id": "x"}]
     assert redelivered(first) + redelivered(second) == [False, True]
-    wait_for(lambda: mapping_status(host)["acked"] == 1, 5, "the ack of the redelivery")
+    eventually(lambda: mapping_status(host)["acked"] == 1, 5, "the ack of the redelivery")
     status = mapping_status(host)
     assert (status["batches"], status["requeued"], status["messages"]) == (2, 1, 2)
     assert "batch of 1 failed (RuntimeError); messages requeued" in host.console()
@@ -278,7 +268,7 @@ def test_timed_out_batch_is_redelivered(localfaas: Callable[..., Any], queue: st
     publish(queue, {"sleep": 5})
     first, second = [r["event"] for r in records.wait(2, 10)]
     assert redelivered(first) + redelivered(second) == [False, True]
-    wait_for(lambda: mapping_status(host)["acked"] == 1, 5, "the ack of the redelivery")
+    eventually(lambda: mapping_status(host)["acked"] == 1, 5, "the ack of the redelivery")
     assert "failed (Sandbox.Timedout); messages requeued" in host.console()
     host.wait_for_log("Consumer", "Task timed out after 1.00 seconds")
     assert ready_count(queue) == 0
@@ -292,7 +282,7 @@ def test_long_invocation_keeps_the_connection(localfaas: Callable[..., Any], que
                           BatchSize="10", Window="0", FunctionTimeout="15")
     publish(queue, {"sleep": 7})
     records.wait(1, 8)
-    wait_for(lambda: mapping_status(host)["acked"] == 1, 12, "the ack after the long invocation")
+    eventually(lambda: mapping_status(host)["acked"] == 1, 12, "the ack after the long invocation")
     status = mapping_status(host)
     assert status["connected"] is True
     assert (status["reconnects"], status["requeued"], status["last_error"]) == (0, 0, None)

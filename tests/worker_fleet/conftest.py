@@ -9,9 +9,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pika.exceptions
 import pytest
 import redis
 
+from bench.stack import eventually
 from taskcore.broker import Publisher, declare_topology
 from taskcore.keys import Keys, routing_key_for
 from taskcore.messages import Task, TaskResult, validate_task
@@ -28,20 +28,6 @@ from taskcore.store import TaskStore, now_ms
 from worker_fleet import retries
 
 ROOT = Path(__file__).parents[2]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str | Callable[[], str],
-               interval: float = 0.05) -> Any:
-    """Polls `predicate` until it is truthy; `what` (lazily) says what was awaited when it never is."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            text = what if isinstance(what, str) else what()
-            raise AssertionError(f"timed out after {timeout} s waiting for {text}")
-        time.sleep(interval)
 
 
 class Fleet:
@@ -68,7 +54,7 @@ class Fleet:
 
     def wait_event(self, event: str, timeout: float = 15, count: int = 1,
                    **match: Any) -> list[dict[str, Any]]:
-        return wait_until(lambda: len(found := self.events(event, **match)) >= count and found, timeout,
+        return eventually(lambda: len(found := self.events(event, **match)) >= count and found, timeout,
                           lambda: f"{count} x {event} {match}\n{self.dump()}")
 
     def dump(self) -> str:
@@ -148,7 +134,7 @@ class Env:
             found.extend(TaskResult.from_json(body) for _, body in self.get_all(self.keys.results_queue))
             return len(found) >= count
 
-        wait_until(enough, timeout, lambda: f"{count} results, have {found}\n{self.fleets[-1].dump()}")
+        eventually(enough, timeout, lambda: f"{count} results, have {found}\n{self.fleets[-1].dump()}")
         return found
 
     def depth(self, queue: str) -> int:

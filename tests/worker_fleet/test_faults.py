@@ -11,9 +11,10 @@ from pathlib import Path
 
 import redis
 
+from bench.stack import eventually
 from taskcore.messages import Task, validate_task
 from taskcore.store import now_ms
-from tests.worker_fleet.conftest import Env, wait_until
+from tests.worker_fleet.conftest import Env
 
 
 def _alive(pid: int) -> bool:
@@ -44,8 +45,8 @@ def test_sigkilled_worker_is_restarted_under_its_id_and_its_task_redelivered(env
     time.sleep(0.3)
     assert env.get_all(env.keys.results_queue) == []
     # Counted once, by the new process's heartbeat (the killed one never ended its attempt).
-    wait_until(lambda: env.store.redis.hget(env.keys.worker("w-0"), "processed") == b"1", 5, "processed 1")
-    wait_until(lambda: env.store.redis.hget(env.keys.worker("w-0"), "pid") == str(spawned[1]["pid"]).encode(),
+    eventually(lambda: env.store.redis.hget(env.keys.worker("w-0"), "processed") == b"1", 5, "processed 1")
+    eventually(lambda: env.store.redis.hget(env.keys.worker("w-0"), "pid") == str(spawned[1]["pid"]).encode(),
                3, "the new process heartbeating as w-0")
 
 
@@ -72,7 +73,7 @@ def test_task_not_finished_within_the_grace_period_goes_back_to_its_queue(env: E
     assert fleet.process.wait(timeout=15) == 0
     assert fleet.events("grace_expired", requeued=[task.task_id])
     assert env.get_all(env.keys.results_queue) == []
-    wait_until(lambda: env.depth(env.keys.worker_queue("w-0")) == 1, 5, "the task back in its queue")
+    eventually(lambda: env.depth(env.keys.worker_queue("w-0")) == 1, 5, "the task back in its queue")
 
 
 def test_task_longer_than_the_broker_heartbeat_completes_on_the_same_connection(env: Env) -> None:
@@ -111,11 +112,11 @@ def test_heartbeat_survives_its_redis_connection_being_killed(env: Env) -> None:
     name = f"{env.namespace}heartbeat:w-0"
     # CLIENT LIST and KILL are for Redis's administrator, not for the stack's own user.
     admin = redis.Redis.from_url(os.environ.get("REDIS_ADMIN_URL", "redis://127.0.0.1:6379/0"))
-    clients = wait_until(lambda: [c for c in admin.client_list() if c["name"] == name], 5,
+    clients = eventually(lambda: [c for c in admin.client_list() if c["name"] == name], 5,
                          "the heartbeat's Redis connection")
     admin.client_kill_filter(_id=clients[0]["id"])
     killed_at = now_ms()
-    wait_until(lambda: int(env.store.redis.hget(env.keys.worker("w-0"), "heartbeat_at") or 0) > killed_at, 5,
+    eventually(lambda: int(env.store.redis.hget(env.keys.worker("w-0"), "heartbeat_at") or 0) > killed_at, 5,
                "a heartbeat after the kill")
     assert env.store.live_workers(now_ms()) == ["w-0"]
 
@@ -126,7 +127,7 @@ def test_workers_die_with_a_sigkilled_parent(env: Env) -> None:
     assert len(pids) == 2 and all(_alive(pid) for pid in pids)
     fleet.signal(signal.SIGKILL)
     fleet.process.wait(timeout=5)
-    wait_until(lambda: not any(_alive(pid) for pid in pids), 5, "the workers to die with their parent")
+    eventually(lambda: not any(_alive(pid) for pid in pids), 5, "the workers to die with their parent")
 
 
 def test_worker_rides_out_a_redis_restart(tmp_path: Path) -> None:
@@ -135,7 +136,7 @@ def test_worker_rides_out_a_redis_restart(tmp_path: Path) -> None:
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     env = Env(tmp_path, REDIS_URL=f"redis://127.0.0.1:{port}/0")
     try:
-        wait_until(lambda: _answers(env), 5, "the private Redis")
+        eventually(lambda: _answers(env), 5, "the private Redis")
         fleet = env.start(workers=1, concurrency=1)
         first, = env.submit("w-0", {"type": "primes", "payload": {"n": 1000}})
         assert [r.status for r in env.results(1)] == ["succeeded"]
@@ -154,7 +155,7 @@ def test_worker_rides_out_a_redis_restart(tmp_path: Path) -> None:
 
         server = subprocess.Popen(command, stdout=subprocess.DEVNULL)  # empty: no persistence
         fleet.wait_event("redis_back", op="heartbeat")
-        wait_until(lambda: env.store.live_workers(now_ms()) == ["w-0"], 5, "the worker live again")
+        eventually(lambda: env.store.live_workers(now_ms()) == ["w-0"], 5, "the worker live again")
         third, = env.submit("w-0", {"type": "primes", "payload": {"n": 10}})
         [result] = env.results(1)
         assert (result.task_id, result.status, result.result) == (third.task_id, "succeeded", 4)
@@ -162,7 +163,7 @@ def test_worker_rides_out_a_redis_restart(tmp_path: Path) -> None:
     finally:
         if server.poll() is not None:  # failed while Redis was down: the cleanup needs it
             server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-            wait_until(lambda: _answers(env), 5, "the private Redis")
+            eventually(lambda: _answers(env), 5, "the private Redis")
         env.close()
         server.terminate()
         server.wait(5)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import time
 
+from bench.stack import eventually
 from taskcore import registry
 from taskcore.store import now_ms
-from tests.worker_fleet.conftest import Env, wait_until
+from tests.worker_fleet.conftest import Env
 
 
 def test_tasks_produce_correct_results_and_heartbeats(env: Env) -> None:
@@ -43,20 +44,20 @@ def test_tasks_produce_correct_results_and_heartbeats(env: Env) -> None:
     spawned = {e["worker_id"]: e["pid"] for e in fleet.events("worker_spawned")}
     reports = {}
     for worker_id in ("w-0", "w-1"):
-        report = wait_until(lambda w=worker_id: (r := _report(env, w)).get("in_flight") == "0" and r, 5,
+        report = eventually(lambda w=worker_id: (r := _report(env, w)).get("in_flight") == "0" and r, 5,
                             f"{worker_id} reporting in_flight 0")
         fields = {"host", "pid", "started_at", "concurrency", "in_flight", "processed", "heartbeat_at"}
         assert fields <= set(report)
         assert (int(report["pid"]), report["concurrency"]) == (spawned[worker_id], "2")
         reports[worker_id] = report
     # Counted by the heartbeats (at most one interval late), once per attempt.
-    wait_until(lambda: sum(int(_report(env, w)["processed"]) for w in ("w-0", "w-1")) == len(tasks), 5,
+    eventually(lambda: sum(int(_report(env, w)["processed"]) for w in ("w-0", "w-1")) == len(tasks), 5,
                "processed adding up to the tasks")
     executed = fleet.events("executed")
     assert sorted(e["task_id"] for e in executed) == sorted(t.task_id for t in tasks)
     # ...and the heartbeat keeps beating.
     first = int(reports["w-0"]["heartbeat_at"])
-    wait_until(lambda: int(_report(env, "w-0")["heartbeat_at"]) > first, 3, "a newer heartbeat")
+    eventually(lambda: int(_report(env, "w-0")["heartbeat_at"]) > first, 3, "a newer heartbeat")
 
 
 def test_unparseable_and_invalid_messages_are_dead_lettered_not_redelivered(env: Env) -> None:
@@ -75,7 +76,7 @@ def test_unparseable_and_invalid_messages_are_dead_lettered_not_redelivered(env:
     assert (result.task_id, result.status) == (good.task_id, "succeeded")
 
     dead: list = []
-    wait_until(lambda: dead.extend(env.get_all(env.keys.tasks_dead_queue)) or len(dead) >= len(bad), 5,
+    eventually(lambda: dead.extend(env.get_all(env.keys.tasks_dead_queue)) or len(dead) >= len(bad), 5,
                "the bad messages in tasks.dead")
     assert sorted(body for _, body in dead) == sorted(bad)
     for properties, _ in dead:
