@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,7 +16,8 @@ from pika.adapters.blocking_connection import BlockingChannel
 from taskcore.broker import Publisher, PublishError
 from taskcore.errors import Unavailable
 from taskcore.keys import SHARED, Keys, routing_key_for, worker_routing_key
-from taskcore.messages import MessageError, Task, TaskResult, TaskSpec
+from taskcore.messages import MessageError, Task, TaskResult, TaskSpec, ValidationError
+from taskcore.registry import TASK_TYPES
 from taskcore.settings import Settings
 from taskcore.store import Admission, TaskStore, now_ms
 
@@ -270,3 +271,39 @@ def stats(settings: Settings, store: TaskStore, publisher: Publisher,
         result["queues"] = None
         result["broker_error"] = repr(error)
     return result
+
+
+# GET /tasks: the recent index, filtered -----------------------------------------------------------
+
+DEFAULT_RECENT_LIMIT = 20
+MAX_RECENT_LIMIT = 100
+TASK_STATUSES = ("queued", "running", "succeeded", "failed")
+_RECENT_PARAMS = ("limit", "state", "type")
+
+
+def recent_tasks(store: TaskStore, query: Mapping[str, str] | None) -> dict[str, Any]:
+    """GET /tasks?limit=N&state=S&type=T: the newest records first (of the last RECENT_TASKS
+    submitted), those in state S and/or of type T only when asked; raises ValidationError."""
+    limit, state, task_type = parse_recent_query(query)
+    return {"tasks": store.recent(limit, state, task_type)}
+
+
+def parse_recent_query(query: Mapping[str, str] | None) -> tuple[int, str | None, str | None]:
+    query = query or {}
+    # A misspelt filter (status= for state=) would otherwise answer an unfiltered list.
+    unknown = sorted(set(query) - set(_RECENT_PARAMS))
+    if unknown:
+        raise ValidationError("unknown_parameter", f"unknown query parameter(s): {', '.join(unknown)}",
+                              {"unknown": unknown, "allowed": list(_RECENT_PARAMS)})
+    raw = query.get("limit", str(DEFAULT_RECENT_LIMIT))
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= MAX_RECENT_LIMIT):
+        raise ValidationError("invalid_limit", f"limit must be an integer from 1 to {MAX_RECENT_LIMIT}",
+                              {"max": MAX_RECENT_LIMIT})
+    state, task_type = query.get("state"), query.get("type")
+    if state is not None and state not in TASK_STATUSES:
+        raise ValidationError("invalid_state", f"state must be one of {', '.join(TASK_STATUSES)}",
+                              {"allowed": list(TASK_STATUSES)})
+    if task_type is not None and task_type not in TASK_TYPES:
+        raise ValidationError("unknown_type", f"type must be one of {', '.join(sorted(TASK_TYPES))}",
+                              {"known": sorted(TASK_TYPES)})
+    return int(raw), state, task_type

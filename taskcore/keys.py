@@ -20,6 +20,7 @@ WORKER = "worker:"        # hash: a worker's self-report
 RR = "rr"                 # counter: round-robin cursor
 STATS = "stats"           # hash: counters and gauges for GET /stats
 THROUGHPUT = "tput:"      # counter per minute: tasks that became final (recent throughput)
+RECENT = "recent"         # zset: the last RECENT_TASKS task ids admitted, by submission (GET /tasks)
 
 # RabbitMQ names (before the prefix).
 TASKS_EXCHANGE = "tasks"
@@ -67,6 +68,10 @@ class Keys:
 
     def throughput(self, minute: int) -> str:
         return f"{self.prefix}{THROUGHPUT}{minute}"
+
+    @property
+    def recent(self) -> str:
+        return f"{self.prefix}{RECENT}"
 
     # RabbitMQ exchanges
     @property

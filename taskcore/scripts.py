@@ -40,8 +40,8 @@ end
 
 # KEYS: none.
 # ARGV: prefix, now_ms, live_cutoff_ms, result_ttl_s, dispatch_mode ("round_robin"|"shared"), n, token,
-#       deadline_ms, then n x (task_id, fingerprint, cache "1"|"0", type, complexity, payload_json,
-#       inflight_ttl_ms).
+#       deadline_ms, recent_cap, then n x (task_id, fingerprint, cache "1"|"0", type, complexity,
+#       payload_json, inflight_ttl_ms).
 # Returns "expired" and changes nothing when Redis runs it after deadline_ms (its own clock): the
 # caller has given up by then and answered 503, so the admission must not happen behind its back
 # (a Redis that froze runs the commands it had received when it resumes).
@@ -50,6 +50,11 @@ end
 #   result, as JSON text), "coalesced" or "exists".
 # `token` (unique per admission call) is kept in the record, so the same call re-sent after a lost
 # reply gets its first answer back rather than "exists" (which would leave a leader unpublished).
+# Every new record also enters `recent` (GET /tasks), a zset scored now_ms x 1000 + position in the
+# call (a batch keeps its order; exact in a double until the year 2255), trimmed to the newest
+# recent_cap in the same step, so the index stays bounded whatever the load. UNDO_ADMIT takes its
+# ids out again; readers skip the ids whose record expired. It lives as long as the longest-lived
+# record it was given.
 ADMIT = """
 local prefix, now = ARGV[1], ARGV[2]
 local cutoff, result_ttl, mode, n = ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
@@ -59,10 +64,11 @@ if tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) > tonumber(
   return 'expired'
 end
 local stats = prefix .. 'stats'
+local recent, recent_cap, recent_ttl = prefix .. 'recent', tonumber(ARGV[9]), 0
 local live = nil
 local out, seen = {}, {}
 for i = 0, n - 1 do
-  local b = 9 + i * 7
+  local b = 10 + i * 7
   local id, fp, cache, ttype = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local complexity, payload, ttl = ARGV[b + 4], ARGV[b + 5], tonumber(ARGV[b + 6])
   local tkey = prefix .. 'task:' .. id
@@ -134,9 +140,15 @@ for i = 0, n - 1 do
       entry = {task_id = id, outcome = 'dispatch', status = 'queued', cache = outcome_cache,
                worker_id = worker, leader = ''}
     end
+    redis.call('ZADD', recent, tonumber(now) * 1000 + i, id)
+    if pending_ttl > recent_ttl then recent_ttl = pending_ttl end
   end
   seen[id] = true
   out[#out + 1] = entry
+end
+if recent_ttl > 0 then
+  redis.call('ZREMRANGEBYRANK', recent, 0, -(recent_cap + 1))
+  if redis.call('PTTL', recent) < recent_ttl then redis.call('PEXPIRE', recent, recent_ttl) end
 end
 return cjson.encode(out)
 """
@@ -160,6 +172,7 @@ for i = 0, n - 1 do
   local rec = redis.call('HMGET', tkey, 'status', 'cache')
   if outcome ~= 'exists' and (rec[1] == 'queued' or (outcome == 'hit' and rec[2] == 'hit')) then
     redis.call('DEL', tkey)
+    redis.call('ZREM', prefix .. 'recent', id)
     removed = removed + 1
     if rec[1] == 'queued' then redis.call('HINCRBY', stats, 'queued', -1) end
     if rec[2] == 'hit' then redis.call('HINCRBY', stats, 'succeeded', -1) end

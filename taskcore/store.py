@@ -26,6 +26,14 @@ from taskcore.settings import Settings
 # Record fields stored as JSON text, decoded by get().
 _JSON_FIELDS = ("payload", "result")
 _INT_FIELDS = ("complexity", "submitted_at", "started_at", "finished_at", "attempt")
+# Task ids kept in the recent index (ADMIT trims it): what GET /tasks can list and filter.
+RECENT_TASKS = 1_000
+# Records read per round trip while filtering the recent index.
+_RECENT_PAGE = 100
+# The record fields GET /tasks lists: all but the payload (up to 64 K characters each) and the
+# admission token, so a page of a hundred stays small.
+_LISTED_FIELDS = ("status", "type", "complexity", "cache", "worker_id", "leader", "attempt", "fingerprint",
+                  "submitted_at", "started_at", "finished_at", "result", "error")
 _STAT_FIELDS = ("cache_hit", "cache_miss", "cache_coalesced", "cache_bypass", "exists",
                 "succeeded", "failed", "queued", "running")
 
@@ -151,7 +159,7 @@ class TaskStore:
         # Past this, the client has given up on the call (its socket timeout is longer): see ADMIT.
         deadline = now_ms() + int(self.settings.redis_timeout * 1000)
         args: list[Any] = [self.keys.prefix, now, cutoff, self.settings.result_ttl,
-                           self.settings.dispatch_mode, len(tasks), token, deadline]
+                           self.settings.dispatch_mode, len(tasks), token, deadline, RECENT_TASKS]
         for task in tasks:
             args += [task.task_id, task.fingerprint, "1" if task.cache else "0", task.type, task.complexity,
                      json.dumps(task.payload, separators=(",", ":")),
@@ -244,6 +252,33 @@ class TaskStore:
             records.update(fresh)
             pending = [task_id for task_id, record in fresh.items() if record["status"] not in FINAL_STATUSES]
         return records
+
+    def recent(self, limit: int, status: str | None = None, task_type: str | None = None,
+               ) -> list[dict[str, Any]]:
+        """Up to `limit` records of the most recently submitted tasks (of the last RECENT_TASKS),
+        newest first, optionally only those with this status and/or type; tasks whose record is
+        gone are skipped. Records come without their payload (see _LISTED_FIELDS)."""
+        task_ids = [t.decode() for t in self.redis.zrevrange(self.keys.recent, 0, -1)]
+        filtered = status is not None or task_type is not None
+        # Unfiltered, the first page is nearly always enough; filtered, matches may be sparse.
+        page = _RECENT_PAGE if filtered else min(limit + 10, _RECENT_PAGE)
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(task_ids), page):
+            chunk = task_ids[start:start + page]
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id in chunk:
+                pipe.hmget(self.keys.task(task_id), _LISTED_FIELDS)
+            for task_id, values in zip(chunk, pipe.execute(), strict=True):
+                record = decode_fields(task_id, {name: value.decode() for name, value
+                                                 in zip(_LISTED_FIELDS, values, strict=True)
+                                                 if value is not None})
+                if record is None or (status is not None and record.get("status") != status) or (
+                        task_type is not None and record.get("type") != task_type):
+                    continue
+                found.append(record)
+                if len(found) == limit:
+                    return found
+        return found
 
     # Workers ------------------------------------------------------------------------------------
 

@@ -59,6 +59,13 @@ def results() -> Response:
                           "not_found": [task_id for task_id in task_ids if task_id not in records]})
 
 
+@app.route("/tasks", methods=["GET"])
+@api_errors
+def tasks() -> Response:
+    """The most recently submitted tasks, newest first, filtered by state and type."""
+    return json_response(dispatch.recent_tasks(store, app.current_request.query_params))
+
+
 @app.route("/workers", methods=["GET"])
 @api_errors
 def workers() -> Response:
