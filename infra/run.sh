@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: the whole system on this machine. RabbitMQ and Redis (started if stopped), the
-# topology, localfaas on template.yaml, and a fleet of 4 workers; Ctrl-C stops everything.
+# topology, localfaas on template.yaml, and the worker fleet (its defaults, docs/worker_fleet.md,
+# unless WORKERS or CONCURRENCY is set); Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,8 +18,11 @@ mkdir -p .localfaas
 rm -f .localfaas/state.json
 .venv/bin/localfaas start template.yaml --env-file infra/local.env --run-dir .localfaas &
 faas=$!
-.venv/bin/python -m worker_fleet --workers "${WORKERS:-4}" --concurrency "${CONCURRENCY:-2}" \
-  > .localfaas/fleet.log 2>&1 &
+# worker_fleet's own defaults are the fleet's size and concurrency; only what is set is passed.
+fleet_args=()
+if [ -n "${WORKERS:-}" ]; then fleet_args+=(--workers "$WORKERS"); fi
+if [ -n "${CONCURRENCY:-}" ]; then fleet_args+=(--concurrency "$CONCURRENCY"); fi
+.venv/bin/python -m worker_fleet ${fleet_args[@]+"${fleet_args[@]}"} > .localfaas/fleet.log 2>&1 &
 fleet=$!
 
 stop() {
@@ -48,6 +52,8 @@ The supervisor's URL takes SigV4-signed calls only (AuthType AWS_IAM); curl sign
   curl -s "\${sign[@]}" '${supervisor}results/<task_id>?wait=10'
   curl -s "\${sign[@]}" ${supervisor}workers ; curl -s "\${sign[@]}" ${supervisor}stats
   (the key pair is infra/local.env's: set -a; . infra/local.env; set +a)
+  curl signs the path as written, SigV4 for Lambda encodes it once more: a path with a
+  %-escape or a ':' (task ids may hold one) gets 403 from curl; use taskfaas or botocore.
 Ctrl-C stops everything.
 MSG
 wait "$faas"

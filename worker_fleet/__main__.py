@@ -17,7 +17,7 @@ import sys
 
 from taskcore.keys import SHARED
 from taskcore.settings import Settings, SettingsError
-from worker_fleet.fleet import Fleet, default_id_prefix
+from worker_fleet.fleet import DEFAULT_CONCURRENCY, DEFAULT_WORKERS, Fleet, default_id_prefix
 from worker_fleet.worker import DEFAULT_GRACE_SECONDS, Worker
 
 WORKER_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
@@ -40,8 +40,10 @@ def _id(text: str) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m worker_fleet", description="The task worker fleet.")
-    p.add_argument("--workers", type=_positive_int, default=4, help="worker processes to keep alive (4)")
-    p.add_argument("--concurrency", type=_positive_int, default=4, help="tasks each worker runs at once (4)")
+    p.add_argument("--workers", type=_positive_int, default=DEFAULT_WORKERS,
+                   help=f"worker processes to keep alive ({DEFAULT_WORKERS})")
+    p.add_argument("--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY,
+                   help=f"tasks each worker runs at once ({DEFAULT_CONCURRENCY})")
     p.add_argument("--id-prefix", type=_id, default=None, help="worker ids are PREFIX-0.. (short host name)")
     p.add_argument("--grace", type=float, default=DEFAULT_GRACE_SECONDS,
                    help=f"seconds a stopping worker may finish its tasks ({DEFAULT_GRACE_SECONDS:g})")

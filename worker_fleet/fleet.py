@@ -25,6 +25,10 @@ from dataclasses import dataclass, field
 from worker_fleet.backoff import Backoff
 from worker_fleet.logs import log
 
+# The fleet's size and each worker's concurrency when `python -m worker_fleet` is given none, which
+# is what `make run` starts unless WORKERS/CONCURRENCY are set (docs/worker_fleet.md states them).
+DEFAULT_WORKERS = 4
+DEFAULT_CONCURRENCY = 2
 # A worker that ran this long before dying is restarted at once again next time (backoff reset).
 STABLE_SECONDS = 30.0
 # Beyond the workers' own grace period, before the parent SIGKILLs them.
