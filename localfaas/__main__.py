@@ -6,38 +6,74 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import shlex
 import signal
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from localfaas.cfn import TemplateError
+from localfaas.logs import CONSOLE_MODES, error_summary
 
 DEFAULT_ENV_FILE = Path("infra/local.env")
 
 
-def _pairs(values: list[str]) -> dict[str, str]:
+class OverrideError(ValueError):
+    """A --parameter-overrides value that is neither Key=Value nor ParameterKey=K,ParameterValue=V."""
+
+
+_KEY = re.compile(r"[A-Za-z0-9_]+")
+_LONG_FORM = "ParameterKey="
+_LONG_VALUE = ",ParameterValue="
+
+
+def parse_parameter_overrides(values: Sequence[str]) -> dict[str, str]:
+    """`--parameter-overrides` as `sam deploy` takes it: pairs written `Key=Value` or
+    `ParameterKey=Key,ParameterValue=Value`, mixed freely, several after one flag or in one argument
+    (separated by spaces; quote a value that has spaces: `Key='a b'`). A later pair wins."""
     pairs: dict[str, str] = {}
     for value in values:
-        for item in value.split():
-            key, sep, val = item.partition("=")
-            if not sep:
-                raise SystemExit(f"--parameter-overrides expects KEY=VALUE, got {item!r}")
-            pairs[key.removeprefix("ParameterKey=")] = val
+        try:
+            items = shlex.split(value)
+        except ValueError as exc:
+            raise OverrideError(f"cannot read {value!r}: {exc}") from exc
+        for item in items:
+            key, val = _override(item)
+            pairs[key] = val
     return pairs
+
+
+def _override(item: str) -> tuple[str, str]:
+    if item.startswith(_LONG_FORM):
+        key, sep, value = item.removeprefix(_LONG_FORM).partition(_LONG_VALUE)
+    else:
+        key, sep, value = item.partition("=")
+    if not sep or not _KEY.fullmatch(key):
+        hint = " (is the template path after --parameter-overrides? put it first)" \
+            if item.endswith((".yaml", ".yml", ".json")) else ""
+        raise OverrideError(f"{item!r} is not Key=Value or ParameterKey=Key,ParameterValue=Value "
+                            f"(quote a value with spaces: Key='a b'){hint}")
+    return key, value
 
 
 def _start(args: argparse.Namespace) -> int:
     from localfaas.host import HostConfig
 
+    try:
+        overrides = parse_parameter_overrides(args.parameter_overrides)
+    except OverrideError as exc:
+        print(f"localfaas: --parameter-overrides: {exc}", file=sys.stderr)
+        return 2
     env_file = args.env_file if args.env_file is not None else (
         DEFAULT_ENV_FILE if DEFAULT_ENV_FILE.exists() else None)
     config = HostConfig(
         template=Path(args.template).resolve(),
         env_file=env_file,
-        parameter_overrides=_pairs(args.parameter_overrides),
+        parameter_overrides=overrides,
         host=args.host,
         port=args.port,
         url_port_base=args.url_port_base,
@@ -46,6 +82,8 @@ def _start(args: argparse.Namespace) -> int:
         idle_seconds=args.idle_seconds,
         async_retry_seconds=args.async_retry_seconds,
         minute_seconds=args.minute_seconds,
+        console=args.console,
+        summary_seconds=args.summary_seconds,
     )
     try:
         import uvloop
@@ -84,28 +122,75 @@ def _endpoint(args: argparse.Namespace) -> str:
     return os.environ.get("LOCALFAAS_ENDPOINT", "http://127.0.0.1:4566")
 
 
+class Unreachable(Exception):
+    """The control endpoint did not answer: no host is running there."""
+
+
 def _request(url: str, data: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
     try:
         with urllib.request.urlopen(request, timeout=960) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, _lower(response.headers), response.read()
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
+        return error.code, _lower(error.headers), error.read()
     except urllib.error.URLError as error:
-        raise SystemExit(f"localfaas: cannot reach {url}: {error.reason}") from error
+        raise Unreachable(f"cannot reach {url}: {error.reason}; is localfaas running? "
+                          f"(`make run`, or .venv/bin/localfaas start)") from error
+
+
+def _lower(headers: Any) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
+
+
+# `invoke` exit codes: the function's own failures apart from invocations that never happened.
+EXIT_FUNCTION_FAILED = 1  # FunctionError (Unhandled), or an HTTP-style answer with a 5xx statusCode
+EXIT_NOT_INVOKED = 2  # no such function, throttled, payload refused, host unreachable
+
+
+INVOKE_EXIT_CODES = (f"Prints the function's answer. Exit status 0 if it returned, "
+                     f"{EXIT_FUNCTION_FAILED} if it failed (FunctionError, or an HTTP-style answer "
+                     f"with statusCode 5xx), "
+                     f"{EXIT_NOT_INVOKED} if it did not run (unknown function, throttled, bad payload, "
+                     f"no host).")
 
 
 def _invoke(args: argparse.Namespace) -> int:
     payload = args.payload
     if payload.startswith("@"):
-        payload = Path(payload[1:]).read_text()
+        try:
+            payload = Path(payload[1:]).read_text()
+        except OSError as exc:
+            print(f"localfaas: cannot read the payload file: {exc}", file=sys.stderr)
+            return EXIT_NOT_INVOKED
     status, headers, body = _request(
         f"{_endpoint(args)}/2015-03-31/functions/{args.name}/invocations", payload.encode())
-    print(body.decode("utf-8", "replace"))
-    if status != 200 or "X-Amz-Function-Error" in headers:
-        print(f"localfaas: status {status} {headers.get('X-Amz-Function-Error', '')}".rstrip(),
-              file=sys.stderr)
-        return 1
+    text = body.decode("utf-8", "replace")
+    if status != 200:  # the Lambda API refused: the function did not run
+        try:
+            message = json.loads(body).get("message") or text
+        except (ValueError, AttributeError):
+            message = text
+        error_type = headers.get("x-amzn-errortype", "").split(":")[0] or f"HTTP {status}"
+        print(f"localfaas: {error_type}: {message}", file=sys.stderr)
+        return EXIT_NOT_INVOKED
+    print(text)
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if "x-amz-function-error" in headers:
+        error_type, message = error_summary(body)
+        print(f"localfaas: {args.name} failed (FunctionError {headers['x-amz-function-error']}): "
+              f"{error_type}: {message}", file=sys.stderr)
+        return EXIT_FUNCTION_FAILED
+    http_status = document.get("statusCode") if isinstance(document, dict) else None
+    if isinstance(http_status, int) and http_status >= 500:
+        # What a function-URL client would see as a server error. Lambda itself calls this a
+        # success; so does `aws lambda invoke`, but a script asking "did it work?" wants a no.
+        print(f"localfaas: {args.name} answered HTTP {http_status} (an HTTP-style response, no "
+              f"FunctionError); a function behind a URL expects a function-URL event "
+              f"(payload format 2.0) as its payload", file=sys.stderr)
+        return EXIT_FUNCTION_FAILED
     return 0
 
 
@@ -146,7 +231,10 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("template", nargs="?", default="template.yaml")
     start.add_argument("--env-file", type=Path, default=None,
                        help=f"settings and parameter values (default {DEFAULT_ENV_FILE} if present)")
-    start.add_argument("--parameter-overrides", action="append", default=[], metavar="KEY=VALUE")
+    start.add_argument("--parameter-overrides", action="extend", nargs="+", default=[],
+                       metavar="KEY=VALUE",
+                       help="template parameters, as sam deploy takes them: Key=Value or "
+                            "ParameterKey=Key,ParameterValue=Value, several after one flag")
     start.add_argument("--host", default="127.0.0.1")
     start.add_argument("--port", type=int, default=int(os.environ.get("LOCALFAAS_PORT", 4566)),
                        help="control port (Lambda API); 0 picks free ports for everything")
@@ -160,12 +248,17 @@ def parser() -> argparse.ArgumentParser:
                        help="wait before retrying a failed async invocation (doubled for the second)")
     start.add_argument("--minute-seconds", type=float, default=60.0,
                        help="length of a schedule rate's minute, to shorten rates in development")
+    start.add_argument("--console", choices=CONSOLE_MODES, default="quiet",
+                       help="quiet: cold starts, errors and a periodic summary; full: every function "
+                            "log line too (always in <run dir>/logs/<function>.log)")
+    start.add_argument("--summary-seconds", type=float, default=10.0,
+                       help="how often the console sums up what ran (only when something did)")
     start.set_defaults(run=_start)
 
     for name, handler, text in (("invoke", _invoke, "invoke a function (RequestResponse)"),
                                 ("status", _status, "show functions, environments, mappings"),
                                 ("deploy", _deploy, "reload changed code without dropping invocations")):
-        command = commands.add_parser(name, help=text)
+        command = commands.add_parser(name, help=text, epilog=INVOKE_EXIT_CODES if name == "invoke" else None)
         command.add_argument("--endpoint", default=None, help="control endpoint (default from --run-dir)")
         command.add_argument("--run-dir", default=".localfaas")
         command.set_defaults(run=handler)
@@ -179,7 +272,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except Unreachable as exc:
+        print(f"localfaas: {exc}", file=sys.stderr)
+        return EXIT_NOT_INVOKED
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from localfaas.invocation import Invocation, exit_error, report_line, timeout_error
-from localfaas.logs import LogSink
+from localfaas.logs import LogSink, error_summary
 from localfaas.template import FunctionSpec
 
 if TYPE_CHECKING:
@@ -157,6 +157,11 @@ class Environment:
         self._log(f"END RequestId: {invocation.request_id}")
         self._log(report_line(invocation.request_id, elapsed, self.spec.memory_mb, self._max_memory_mb(),
                               self.init_ms if self._report_init else None, self._status))
+        outcome = invocation.outcome.result() \
+            if invocation.outcome.done() and not invocation.outcome.cancelled() else None
+        error = error_summary(outcome.body) if outcome is not None and outcome.function_error else None
+        self._logs.finished(self.spec.name, invocation.request_id, elapsed, error,
+                            init_failed=not invocation.started_at)
         self._report_init = False
         self._current = None
         self.last_used = time.monotonic()
@@ -169,6 +174,7 @@ class Environment:
         if self.init_ms is None:
             self.init_ms = (time.monotonic() - self._spawned_at) * 1000
             self._report_init = True
+            self._logs.environment_started(self.spec.name, self.init_ms)
             if self.state is State.INIT:
                 self.state = State.IDLE
         if self._queued is not None:
@@ -249,8 +255,11 @@ class Environment:
 
     async def _watch_exit(self, process: asyncio.subprocess.Process) -> None:
         returncode = await process.wait()
+        expected = self.state is State.DEAD  # stopped, timed out or failed its init: said already
         self.state = State.DEAD
         invocation = self._current
+        if not expected and invocation is None:
+            self._logs.environment_exited(self.spec.name, returncode)
         if invocation is not None and not invocation.outcome.done():
             document = exit_error(invocation.request_id, returncode)
             self._log(str(document["errorMessage"]))

@@ -38,6 +38,8 @@ class HostConfig:
     idle_seconds: float = 300.0
     async_retry_seconds: float = 60.0  # Lambda waits ~1 min, then ~2 min, between async retries
     minute_seconds: float = 60.0  # shorten schedule rates for development
+    console: str = "quiet"  # or "full": every function log line on the console, too
+    summary_seconds: float = 10.0  # the quiet console's summary line, when something ran
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -54,7 +56,7 @@ class Host:
         for key, value in config.parameter_overrides.items():
             if parameter_key(key) == parameter_key("RABBITMQ_URL"):
                 self.settings["RABBITMQ_URL"] = value  # the MQ mappings' broker, too
-        self.logs = LogSink(config.run_dir / "logs", console)
+        self.logs = LogSink(config.run_dir / "logs", console, config.console, config.summary_seconds)
         self.runtime_api = RuntimeApi()
         self.started_at = time.time()
         self._control_socket = _listen(config.host, config.port)
@@ -149,6 +151,12 @@ class Host:
         for name, value in self.template.outputs.items():
             self.logs.host(f"output {name}: {value}")
         self.logs.host(f"Lambda API on {self.endpoint} (run folder {self.config.run_dir})")
+        if self.logs.full:
+            self.logs.host(f"function logs: every line here and in {self.logs.directory}/<function>.log")
+        else:
+            self.logs.host(f"function logs: {self.logs.directory}/<function>.log; here only cold starts, "
+                           f"errors and a summary every {self.config.summary_seconds:g} s "
+                           f"(--console full shows every line)")
 
     def _write_state(self) -> None:
         state = {
@@ -234,9 +242,13 @@ class Host:
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(0.5)
+            self.logs.summarize(self._environment_counts)
             self.logs.flush()
             for pool in self._pools.values():
                 await pool.reap_idle(self.config.idle_seconds)
+
+    def _environment_counts(self) -> dict[str, int]:
+        return {name: pool.counts()["environments"] for name, pool in self._pools.items()}
 
     # -- control ------------------------------------------------------------------------------
 

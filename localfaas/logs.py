@@ -1,20 +1,65 @@
-"""Function logs as CloudWatch shows them: one stream per function, each line on the console
-prefixed with the function's name and kept in `<run dir>/logs/<function>.log`."""
+"""Function logs as CloudWatch shows them, one stream per function in `<run dir>/logs/<function>.log`,
+and the host's console.
+
+The console is quiet by default: under load a function writes three lines (START, END, REPORT)
+per invocation, thousands a second, and the lines that matter drown. It shows a line per cold
+start, a line per failure (function error, timeout, init error, crashed environment) and, every
+`summary_seconds` in which something ran, one summary line. `full` also echoes every function
+log line, prefixed with the function's name, as the log files have them.
+"""
 
 from __future__ import annotations
 
+import json
+import statistics
 import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
 
+CONSOLE_MODES = ("quiet", "full")
+MAX_MESSAGE = 200  # characters of an error message on the console; the log file has all of it
+
+
+@dataclass
+class _Window:
+    """What one function did since the last summary."""
+
+    invocations: int = 0
+    errors: int = 0
+    cold_starts: int = 0
+    durations_ms: list[float] = field(default_factory=list)
+
+
+def error_summary(body: bytes) -> tuple[str, str]:
+    """The errorType and errorMessage of a Lambda error document (best effort)."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return "Unhandled", body[:MAX_MESSAGE].decode("utf-8", "replace")
+    if not isinstance(document, dict):
+        return "Unhandled", str(document)[:MAX_MESSAGE]
+    return str(document.get("errorType") or "Unhandled"), str(document.get("errorMessage") or "")
+
 
 class LogSink:
-    def __init__(self, directory: Path, console: TextIO | None = None) -> None:
+    def __init__(self, directory: Path, console: TextIO | None = None, mode: str = "quiet",
+                 summary_seconds: float = 10.0) -> None:
+        if mode not in CONSOLE_MODES:
+            raise ValueError(f"console mode must be one of {', '.join(CONSOLE_MODES)}, not {mode!r}")
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.console = console if console is not None else sys.stdout
+        self.full = mode == "full"
+        self.summary_seconds = summary_seconds
         self._files: dict[str, IO[str]] = {}
         self._width = 12
+        self._windows: dict[str, _Window] = {}
+        self._window_started = time.monotonic()
+
+    # -- the function log streams -----------------------------------------------------------------
 
     def line(self, function: str, text: str) -> None:
         handle = self._files.get(function)
@@ -23,11 +68,74 @@ class LogSink:
             handle = self._files[function] = open(self.directory / f"{function}.log", "a")  # noqa: SIM115
             self._width = max(self._width, len(function))
         handle.write(text + "\n")
-        self.console.write(f"{function:<{self._width}} | {text}\n")
+        if self.full:
+            self._console_line(function, text)
+
+    def path(self, function: str) -> Path:
+        return self.directory / f"{function}.log"
+
+    # -- what the console shows -------------------------------------------------------------------
 
     def host(self, text: str) -> None:
         self.console.write(f"localfaas: {text}\n")
         self.console.flush()
+
+    def environment_started(self, function: str, init_ms: float) -> None:
+        """An environment finished its init phase (a cold start) and takes its first invocation."""
+        self._windows.setdefault(function, _Window()).cold_starts += 1
+        if not self.full:
+            self._console_line(function, f"cold start: new environment, init {init_ms:.0f} ms")
+
+    def finished(self, function: str, request_id: str, duration_ms: float,
+                 error: tuple[str, str] | None, init_failed: bool = False) -> None:
+        """One invocation is over: count it and, in quiet mode, say so if it failed.
+        `error` is (errorType, errorMessage) when the function failed."""
+        window = self._windows.setdefault(function, _Window())
+        window.invocations += 1
+        window.durations_ms.append(duration_ms)
+        if error is not None:
+            window.errors += 1
+            if not self.full:
+                error_type, message = error
+                what = "init failed" if init_failed else "error"
+                self._console_line(function, f"{what}: {error_type}: {_shorten(message)} "
+                                             f"(request {request_id}, log {self.path(function)})")
+
+    def environment_exited(self, function: str, returncode: int | None) -> None:
+        """An environment died between invocations (no caller saw it fail)."""
+        if not self.full:
+            self._console_line(function, f"environment exited unexpectedly (exit status {returncode}); "
+                                         f"the next invocation starts a new one")
+
+    def summarize(self, environments: Callable[[], Mapping[str, int]]) -> None:
+        """Every `summary_seconds`, one line about what ran since the last one (none if nothing did).
+        `environments` gives the live environments per function, asked only when a line is due."""
+        now = time.monotonic()
+        elapsed = now - self._window_started
+        if elapsed < self.summary_seconds:
+            return
+        windows, self._windows, self._window_started = self._windows, {}, now
+        if not windows:
+            return
+        counts = environments()
+        parts = []
+        for function, window in sorted(windows.items()):
+            figures = [_count(window.invocations, "invocation")]
+            if window.errors:
+                figures.append(_count(window.errors, "error"))
+            if window.cold_starts:
+                figures.append(_count(window.cold_starts, "cold start"))
+            if window.durations_ms:
+                figures.append(f"p50 {statistics.median(window.durations_ms):.1f} ms")
+            figures.append(_count(counts.get(function, 0), "environment"))
+            parts.append(f"{function}: {', '.join(figures)}")
+        self.host(f"last {elapsed:.0f} s: " + " | ".join(parts))
+
+    def _console_line(self, function: str, text: str) -> None:
+        self._width = max(self._width, len(function))
+        self.console.write(f"{function:<{self._width}} | {text}\n")
+
+    # -- housekeeping -----------------------------------------------------------------------------
 
     def flush(self) -> None:
         for handle in self._files.values():
@@ -39,3 +147,12 @@ class LogSink:
         for handle in self._files.values():
             handle.close()
         self._files.clear()
+
+
+def _shorten(message: str) -> str:
+    message = " ".join(message.split())  # tracebacks and multi-line messages on one line
+    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE - 3] + "..."
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
