@@ -1,5 +1,5 @@
 """One invocation of a function: what goes in, what comes out, and the error documents Lambda
-produces itself (timeouts, runtime exits), shaped as LAMBDA_REFERENCE.md section 2 describes."""
+produces itself (timeouts, runtime exits), shaped as docs/lambda_behaviours.md §2 describes."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Amazon MQ for RabbitMQ event source mapping: a pika consumer that batches messages from one
 queue, invokes the function with a genuine `aws:rmq` event, acks the batch on success and
-requeues it on failure (LAMBDA_REFERENCE.md section 5)."""
+requeues it on failure (docs/lambda_behaviours.md §5)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """SAM `Type: Schedule` events: EventBridge `rate(...)`/`cron(...)` expressions, and the loop
-that fires the scheduled event (LAMBDA_REFERENCE.md section 6) at a function.
+that fires the scheduled event (docs/lambda_behaviours.md §6) at a function.
 
 - `rate(N unit)`: first run one period after start, then every period without drift (tick n is
   due at start + n * period; ticks missed while the process stalled are skipped, not burst).

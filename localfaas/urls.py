@@ -1,5 +1,5 @@
 """Function URLs: an HTTP listener per function, payload format 2.0 in, AWS's response mapping
-out, CORS answered from the configuration (LAMBDA_REFERENCE.md section 4)."""
+out, CORS answered from the configuration (docs/lambda_behaviours.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RabbitMQ topology (DESIGN §4) and confirmed, persistent publishing.
+"""RabbitMQ topology (docs/architecture.md §4) and confirmed, persistent publishing.
 
 Queue types: `tasks.shared`, `tasks.w.<id>` and `results` are quorum queues with x-delivery-limit,
 so a message that keeps failing (a worker killed on it again and again, a handler that keeps

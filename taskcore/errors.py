@@ -1,4 +1,5 @@
-"""The one error shape of the HTTP API: {"error": {"code", "message", "details"}} (DESIGN §3)."""
+"""The one error shape of the HTTP API: {"error": {"code", "message", "details"}}
+(docs/architecture.md §3)."""
 
 from __future__ import annotations
 

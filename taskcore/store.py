@@ -1,4 +1,4 @@
-"""Task records, the result cache, coalescing and worker liveness in Redis (DESIGN §5).
+"""Task records, the result cache, coalescing and worker liveness in Redis (docs/architecture.md §5).
 
 `TaskStorage` is the interface the rest of the system relies on; `TaskStore` implements it on
 redis-py with the Lua scripts of scripts.py. Every script is safe to retry: redis-py re-sends a

@@ -1,4 +1,4 @@
-"""The long-running worker fleet (DESIGN §1, §4, §5).
+"""The long-running worker fleet (docs/architecture.md §1, §4, §5; docs/worker_fleet.md).
 
 `python -m worker_fleet --workers N --concurrency C` starts a parent (fleet.py) that keeps N worker
 processes (worker.py) alive under stable ids. Each worker consumes its own queue and the shared one,

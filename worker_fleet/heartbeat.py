@@ -1,4 +1,5 @@
-"""The worker's heartbeat: `workers` zset + `worker:<id>` hash every HEARTBEAT_SECONDS (DESIGN §5).
+"""The worker's heartbeat: `workers` zset + `worker:<id>` hash every HEARTBEAT_SECONDS
+(docs/architecture.md §5).
 
 It runs in a thread of its own with a Redis client of its own, so neither a long task nor a busy
 connection pool can delay it past WORKER_TTL (which would make the supervisor stop routing to a

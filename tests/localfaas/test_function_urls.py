@@ -1,4 +1,4 @@
-"""Function URLs through the real host (LAMBDA_REFERENCE.md section 4): the payload format 2.0
+"""Function URLs through the real host (docs/lambda_behaviours.md §4): the payload format 2.0
 event field by field, the response mapping, CORS, keep-alive, concurrency and timeouts."""
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ ALLOWED = "https://allowed.example"
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHost]:
-    # --concurrency 32: an unreserved function is capped at a local default of 10 environments
-    # (DESIGN.md), so a burst of 30 would partly get 429; in Lambda the account pool (1000) is
-    # the only cap. The burst test below needs the account-pool behaviour.
+    # --concurrency 32 (localfaas's default, made explicit): an unreserved function is capped at
+    # that many environments, so with a cap below 30 a burst of 30 would partly get 429; in Lambda
+    # the account pool (1000) is the only cap. The burst test below needs the account-pool behaviour.
     running = start_host(FIXTURES / "template.yaml", tmp_path_factory.mktemp("urls"),
                          extra_args=["--concurrency", "32"])
     yield running

@@ -1,5 +1,5 @@
 """The Lambda API on the control port, driven by boto3 the three ways a LocalStack user gets a
-client (LAMBDA_REFERENCE.md sections 2.5 and 3): localstack-client's Session, pytest-localstack's
+client (docs/lambda_behaviours.md §2.5 and §3): localstack-client's Session, pytest-localstack's
 RunningSession, and plain boto3 with endpoint_url."""
 
 from __future__ import annotations

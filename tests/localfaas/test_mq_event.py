@@ -1,4 +1,4 @@
-"""The `aws:rmq` event built from pika deliveries, field by field (LAMBDA_REFERENCE.md 5.1)."""
+"""The `aws:rmq` event built from pika deliveries, field by field (docs/lambda_behaviours.md §5.1)."""
 
 from __future__ import annotations
 
