@@ -1,4 +1,5 @@
-"""Every Redis key and RabbitMQ name of the system, with the NAMESPACE prefix applied (DESIGN §4, §5).
+"""Every Redis key and RabbitMQ name of the system, with the NAMESPACE prefix applied
+(docs/architecture.md §4, §5).
 
 The Lua scripts build the per-task keys themselves from the prefix they receive (a batch touches
 keys only known once the script runs), so the suffixes below are the single source for them too:
