@@ -1,9 +1,15 @@
 """Our whole system started from Python, for the end-to-end tests and the benchmarks: localfaas
 running a template as a subprocess on free ports (`start_host`), and the stack of template.yaml, the
-worker fleet, RabbitMQ and Redis in a namespace of its own that `stop_stack` removes (`start_stack`)."""
+worker fleet, RabbitMQ and Redis in a namespace of its own that `stop_stack` removes (`start_stack`).
+
+Every namespace made here (`new_namespace`, also for the tests that need no stack) records its owner,
+this process, so that if the run is killed the next one removes what it left (infra/clean_state.py).
+The host and the fleet get SIGTERM when this process dies, so that none outlives it."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -19,10 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pika
-import redis
-
-from taskcore.keys import Keys
+from infra import clean_state
 from taskcore.signing import Signer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +111,7 @@ def start_host(template: Path, run_dir: Path, overrides: dict[str, str] | None =
         command += ["--parameter-overrides", f"{key}={value}"]
     with open(console_path, "wb") as console:
         process = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, cwd=ROOT,
-                                   env={**os.environ, **(env or {})})
+                                   env={**os.environ, **(env or {})}, preexec_fn=_terminated_with_parent)
     deadline = time.monotonic() + timeout
     while not (run_dir / "state.json").exists():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -192,25 +195,27 @@ class Stack:
         return [json.loads(line) for line in lines if line.startswith("{") and '"executed"' in line]
 
 
+def new_namespace(prefix: str, separator: str = ".", rabbitmq_url: str | None = None,
+                  redis_url: str | None = None, rabbitmqctl: Sequence[str] = ("rabbitmqctl",)) -> str:
+    """A fresh namespace ("e2e1a2b3c4d.") owned by this process (the first one of a run also removes
+    those of killed runs, see infra/clean_state.py); `cleanup` removes it."""
+    namespace = f"{prefix}{uuid.uuid4().hex[:8]}{separator}"
+    clean_state.claim(_services(rabbitmq_url, redis_url, rabbitmqctl), namespace)
+    return namespace
+
+
 def cleanup(namespace: str, rabbitmq_url: str | None = None, redis_url: str | None = None,
             rabbitmqctl: Sequence[str] = ("rabbitmqctl",)) -> None:
-    """Removes the namespace's Redis keys, queues and exchanges (from the shared services unless
-    told otherwise; `rabbitmqctl` is the command that reaches the broker's node)."""
-    client = redis.Redis.from_url(redis_url or REDIS_URL)
-    keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-    listed = subprocess.run([*rabbitmqctl, "-q", "list_queues", "name"], capture_output=True, text=True)
-    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url or RABBITMQ_URL))
-    channel = connection.channel()
-    for name in listed.stdout.split():
-        if name.startswith(namespace):
-            channel.queue_delete(name)
-    names = Keys(namespace)
-    for exchange in (names.tasks_exchange, names.results_exchange, names.dead_exchange):
-        channel.exchange_delete(exchange)
-    connection.close()
+    """Removes the namespace's Redis keys, queues and exchanges, its owner's marker last (from the
+    shared services unless told otherwise; `rabbitmqctl` is the command that reaches the broker's
+    node)."""
+    services = _services(rabbitmq_url, redis_url, rabbitmqctl)
+    clean_state.remove(services, clean_state.collect(services, namespace))
+
+
+def _services(rabbitmq_url: str | None, redis_url: str | None,
+              rabbitmqctl: Sequence[str]) -> clean_state.Services:
+    return clean_state.Services(rabbitmq_url or RABBITMQ_URL, redis_url or REDIS_URL, tuple(rabbitmqctl))
 
 
 def start_stack(run_dir: Path, workers: int = 4, extra_env: dict[str, str] | None = None,
@@ -218,9 +223,9 @@ def start_stack(run_dir: Path, workers: int = 4, extra_env: dict[str, str] | Non
                 redis_url: str | None = None, rabbitmqctl: Sequence[str] = ("rabbitmqctl",)) -> Stack:
     """`rabbitmq_url`/`redis_url`: other services than the shared ones (the fault tests' private
     instances); `rabbitmqctl` then names the command that reaches that broker, for cleanup."""
-    namespace = f"{namespace_prefix}{uuid.uuid4().hex[:8]}."
     rabbitmq_url = rabbitmq_url or RABBITMQ_URL
     redis_url = redis_url or REDIS_URL
+    namespace = new_namespace(namespace_prefix, ".", rabbitmq_url, redis_url, rabbitmqctl)
     settings = {"NAMESPACE": namespace, "RABBITMQ_URL": rabbitmq_url, "REDIS_URL": redis_url,
                 "TASK_UNIT_SECONDS": UNIT_SECONDS, **(extra_env or {})}
     env = {**os.environ, **settings}
@@ -281,7 +286,19 @@ def launch_fleet(env: dict[str, str], workers: int, fleet_log: Path, append: boo
     with open(fleet_log, "ab" if append else "wb") as log:
         return subprocess.Popen([sys.executable, "-m", "worker_fleet", "--workers", str(workers),
                                  "--concurrency", str(concurrency)], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, preexec_fn=_terminated_with_parent)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminated_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started it dies, even by SIGKILL, so
+    a killed test or benchmark leaves no host or fleet consuming from a namespace the next run's
+    sweep removes. (Linux; the signal comes when the starting thread ends: start stacks from the
+    main thread.)"""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_stack(stack: Stack) -> None:

@@ -22,6 +22,7 @@ RR = "rr"                 # counter: round-robin cursor
 STATS = "stats"           # hash: counters and gauges for GET /stats
 THROUGHPUT = "tput:"      # counter per minute: tasks that became final (recent throughput)
 RECENT = "recent"         # zset: the last RECENT_TASKS task ids admitted, by submission (GET /tasks)
+OWNER = "owner"           # string: who created the namespace for a test or benchmark (infra/clean_state.py)
 
 # RabbitMQ names (before the prefix).
 TASKS_EXCHANGE = "tasks"
@@ -74,6 +75,10 @@ class Keys:
     def recent(self) -> str:
         return f"{self.prefix}{RECENT}"
 
+    @property
+    def owner(self) -> str:
+        return f"{self.prefix}{OWNER}"
+
     # RabbitMQ exchanges
     @property
     def tasks_exchange(self) -> str:
@@ -107,6 +112,10 @@ class Keys:
     def results_dead_queue(self) -> str:
         return f"{self.prefix}results.dead"
 
+    def retry_queue(self, delay_ms: int) -> str:
+        """A worker's retry delay queue (worker_fleet/retries.py)."""
+        return f"{self.prefix}tasks.retry.{delay_ms}ms"
+
 
 # Routing keys live inside the (prefixed) exchanges, so they carry no prefix.
 def worker_routing_key(worker_id: str) -> str:
@@ -122,3 +131,38 @@ RESULTS_DEAD_ROUTING_KEY = "results.dead"
 def routing_key_for(worker_id: str) -> str:
     """Routing key of a task assigned to `worker_id` ("shared" means the shared queue)."""
     return SHARED_ROUTING_KEY if worker_id == SHARED else worker_routing_key(worker_id)
+
+
+# Which namespace a name belongs to (infra/clean_state.py finds what stacks left behind with it).
+# The names are those the methods and properties of Keys make, found by calling them, so that a key
+# added to Keys is recognised without a list to keep up to date.
+_VARIABLE = "\x00"
+
+
+def _name_shapes() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """Names without a prefix: the fixed ones, and (head, tail) around each variable part."""
+    blank, fixed, variable = Keys(""), [], []
+    for attribute, value in vars(Keys).items():
+        if attribute.startswith("_"):
+            continue
+        if isinstance(value, property):
+            fixed.append(getattr(blank, attribute))
+        elif callable(value):
+            head, _, tail = getattr(blank, attribute)(_VARIABLE).partition(_VARIABLE)
+            variable.append((head, tail))
+    return tuple(fixed), tuple(variable)
+
+
+_FIXED, _SHAPED = _name_shapes()
+
+
+def namespace_of(name: str) -> str | None:
+    """The prefix of a Redis key or RabbitMQ name made by Keys ("" for the default namespace), or
+    None for a name Keys does not make. Of several readings the shortest prefix wins: "t1:task:x" is
+    task x of "t1:", though task id "x" could end in a fixed name too."""
+    readings = [name[:-len(fixed)] for fixed in _FIXED if name.endswith(fixed)]
+    for head, tail in _SHAPED:
+        start = name.find(head)
+        if start >= 0 and name.endswith(tail) and len(name) - len(tail) > start + len(head):
+            readings.append(name[:start])
+    return min(readings, key=len, default=None)

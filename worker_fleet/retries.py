@@ -40,7 +40,7 @@ def retry_delays_ms(settings: Settings) -> list[int]:
 
 
 def delay_queue(settings: Settings, delay_ms: int) -> str:
-    return f"{Keys(settings.namespace).prefix}tasks.retry.{delay_ms}ms"
+    return Keys(settings.namespace).retry_queue(delay_ms)
 
 
 def declare_delay_queues(channel: BlockingChannel, settings: Settings) -> list[str]:

@@ -13,7 +13,17 @@ from pathlib import Path
 
 import redis
 
-from bench.stack import RABBITMQ_URL, REDIS_URL, ROOT, Stack, cleanup, http, stack_credentials, start_host
+from bench.stack import (
+    RABBITMQ_URL,
+    REDIS_URL,
+    ROOT,
+    Stack,
+    cleanup,
+    http,
+    new_namespace,
+    stack_credentials,
+    start_host,
+)
 from taskcore import work
 from taskcore.messages import fingerprint
 from taskcore.signing import Signer
@@ -190,7 +200,7 @@ def test_producer_without_credentials_answers_503(tmp_path: Path) -> None:
 
 
 def test_rabbitmq_unreachable_answers_503_and_leaves_nothing(tmp_path: Path) -> None:
-    namespace = f"e2e{uuid.uuid4().hex[:8]}."
+    namespace = new_namespace("e2e")
     env_file, _ = stack_credentials(tmp_path)
     host = start_host(ROOT / "template.yaml", tmp_path / "localfaas",
                       overrides={"Namespace": namespace, "RabbitmqUrl": "amqp://guest:guest@127.0.0.1:1/%2F",

@@ -4,7 +4,6 @@ everything the test created removed afterwards."""
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -13,7 +12,8 @@ import pika.exceptions
 import pytest
 import redis
 
-from bench.stack import RABBITMQ_URL, REDIS_URL  # the stack's own users under `make test`
+# The stack's own users under `make test`.
+from bench.stack import RABBITMQ_URL, REDIS_URL, new_namespace
 from taskcore.broker import Publisher, connection_parameters
 from taskcore.keys import Keys
 from taskcore.settings import Settings
@@ -39,11 +39,11 @@ def make_settings(namespace: str, **overrides: object) -> Settings:
 
 @pytest.fixture
 def ns() -> Iterator[Namespace]:
-    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    prefix = new_namespace("t", ":")  # owned by this run (a killed run's is swept by the next)
     space = Namespace(make_settings(prefix), Keys(prefix))
     yield space
-    _clean_redis(prefix)
     _clean_rabbitmq(space)
+    _clean_redis(prefix)  # the owner's marker with the rest, last
 
 
 @pytest.fixture
@@ -100,8 +100,10 @@ def _clean_rabbitmq(space: Namespace) -> None:
 
 
 def count_keys(prefix: str) -> list[bytes]:
+    """The namespace's keys but the owner's marker (the test harness's, not the system's)."""
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        return sorted(client.scan_iter(match=f"{prefix}*", count=1000))
+        marker = Keys(prefix).owner.encode()
+        return sorted(key for key in client.scan_iter(match=f"{prefix}*", count=1000) if key != marker)
     finally:
         client.close()

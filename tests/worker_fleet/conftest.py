@@ -19,7 +19,7 @@ import pika.exceptions
 import pytest
 import redis
 
-from bench.stack import eventually
+from bench.stack import eventually, new_namespace
 from taskcore.broker import Publisher, declare_topology
 from taskcore.keys import Keys, routing_key_for
 from taskcore.messages import Task, TaskResult, validate_task
@@ -80,7 +80,7 @@ class Env:
     """A namespace with its settings, store, publisher and fleets; cleans everything up on close."""
 
     def __init__(self, tmp_path: Path, **variables: str) -> None:
-        self.namespace = f"t{uuid.uuid4().hex[:8]}:"
+        self.namespace = new_namespace("t", ":")  # owned by this run (a killed run's is swept by the next)
         self.tmp_path = tmp_path
         self.vars = {**os.environ, "NAMESPACE": self.namespace, "TASK_UNIT_SECONDS": "0.05",
                      "HEARTBEAT_SECONDS": "0.5", "PYTHONUNBUFFERED": "1", **variables}
