@@ -1,18 +1,26 @@
 """taskcore: the shared library of the task system (a Lambda layer, also imported by the workers).
 
-Flat modules, one job each:
+Flat modules, one job each (docs/taskcore.md records their contracts):
     settings      Settings.from_env(): every knob, defaults as in infra/local.env
     keys          every Redis key and RabbitMQ name, namespaced
     registry      TASK_TYPES: the task types, their payload schemas and computations
     work          the deterministic computations (primes, hash, sleep, fail)
-    messages      TaskSpec / Task / TaskResult, fingerprint(), validate_submission()
-    errors        the HTTP error shape, Unavailable
-    scripts       the Lua scripts (admission, undo, completion, running, reaping)
-    store         TaskStore: Redis records, cache, coalescing, liveness, long-poll
+    messages      TaskSpec / Task / TaskResult, fingerprint(), validation of every request input
+    json_body     a request body read as JSON under the API's limits; refused values quoted in errors
+    errors        the HTTP error shape, the status of each error code, the exceptions that map to them
+    scripts       the Lua scripts (admission, undo, completion, running, reaping, reassigning, reads)
+    store         TaskStore: Redis records, cache, coalescing, liveness, long-poll, stats
     broker        topology declaration and the confirming Publisher
     dispatch      submit(), janitor(), reports: the supervisor without HTTP
+    results       store_batch(): the result handler without Lambda (retries, poison messages)
+    producer      generate_tasks() and SupervisorClient: the producer without HTTP
+    signing       Signer: SigV4 for calls to AWS_IAM function URLs (botocore)
+    http          json_response(), api_errors: what the Chalice views share
     function_url  function_url_handler(app): Lambda function URLs in front of Chalice
 
-Modules import their dependencies (redis, pika) only where needed, so importing
-taskcore.messages does not pull in a broker client.
+Third-party packages are imported at the top of the modules that use them: pika by broker and
+dispatch; redis by store, dispatch, results and http; chalice by http; urllib3 by producer;
+botocore by signing. settings, keys, registry, work, messages, json_body, errors, scripts and
+function_url need only the standard library (and each other), so importing taskcore.messages, for one, pulls
+in no broker or Redis client.
 """
