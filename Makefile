@@ -6,10 +6,23 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: venv services test lint run load-test bench soak clean
 
+# The first install takes about a minute: say so, and show a line per package pip fetches (not
+# the hundred "Requirement already satisfied" of a re-install); all of pip's output is kept in
+# .venv/pip.log, whose end is shown if pip fails. pip's own exit status decides (dash has no pipefail).
+PIP_PROGRESS := awk '/^(Collecting|Processing|Obtaining) / { sub(/ \(from .*/, ""); print "  pip: " $$0; fflush() } \
+	/^Installing collected packages:/ { print "  pip: installing " split($$0, names, ", ") " packages"; fflush() }'
+
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	rm -f $(VENV)/.installed-* && touch $@
+	@test -x $(BIN)/python || { echo "venv: creating $(VENV) ($(PYTHON) -m venv)"; $(PYTHON) -m venv $(VENV); }
+	@echo "venv: installing taskfaas and its dependencies (pyproject.toml) into $(VENV) with pip;" \
+		"the first time takes about a minute"
+	@{ $(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]' 2>&1; echo $$? > $(VENV)/pip.status; } \
+		| tee $(VENV)/pip.log | $(PIP_PROGRESS); \
+		status=$$(cat $(VENV)/pip.status); \
+		if [ "$$status" != 0 ]; then echo "venv: pip failed (exit $$status); its output: $(VENV)/pip.log"; \
+			tail -n 20 $(VENV)/pip.log; exit 1; fi
+	@rm -f $(VENV)/.installed-* $(VENV)/pip.status && touch $@
+	@echo "venv: ready ($(BIN)/python; the localfaas command is $(BIN)/localfaas)"
 
 venv: $(STAMP)
 
@@ -24,6 +37,7 @@ test: venv services lint
 	$(BIN)/python infra/provision.py
 	env $$(grep -E '^(RABBITMQ_URL|REDIS_URL)=' infra/local.env) $(BIN)/pytest -q
 
+# `make run LOGS=full` puts every function log line on the console (default: quiet, see README).
 run: venv
 	infra/run.sh
 

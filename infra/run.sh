@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make run`: the whole system on this machine. RabbitMQ and Redis (started if stopped), the
 # topology, localfaas on template.yaml, and the worker fleet (its defaults, docs/worker_fleet.md,
-# unless WORKERS or CONCURRENCY is set); Ctrl-C stops everything.
+# unless WORKERS or CONCURRENCY is set); Ctrl-C stops everything and exits 0.
+# LOGS=full shows every function log line on the console (default quiet: cold starts, errors and
+# a summary every 10 s; the full logs are in .localfaas/logs/<function>.log either way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +18,8 @@ infra/services.sh
 
 mkdir -p .localfaas
 rm -f .localfaas/state.json
-.venv/bin/localfaas start template.yaml --env-file infra/local.env --run-dir .localfaas &
+.venv/bin/localfaas start template.yaml --env-file infra/local.env --run-dir .localfaas \
+  --console "${LOGS:-quiet}" &
 faas=$!
 # worker_fleet's own defaults are the fleet's size and concurrency; only what is set is passed.
 fleet_args=()
@@ -31,12 +34,25 @@ stop() {
   kill -TERM "$fleet" "$faas" 2>/dev/null || true
   wait "$fleet" "$faas" 2>/dev/null || true
 }
-trap stop INT TERM EXIT
+# Ctrl-C is how `make run` is meant to end: stop everything and exit 0, so that make does not
+# report "Error 130". Anything else that ends the script still stops everything (EXIT).
+on_signal() {
+  stop
+  echo "run: stopped"
+  exit 0
+}
+trap on_signal INT TERM
+trap stop EXIT
 
 for _ in $(seq 1 100); do
   [ -f .localfaas/state.json ] && break
+  kill -0 "$faas" 2>/dev/null || break
   sleep 0.1
 done
+if [ ! -f .localfaas/state.json ]; then
+  echo "run: localfaas did not start (its message is above)" >&2
+  exit 1
+fi
 producer=$(.venv/bin/python -c "import json; print(json.load(open('.localfaas/state.json'))['urls']['Producer'])")
 supervisor=$(.venv/bin/python -c "import json; print(json.load(open('.localfaas/state.json'))['urls']['Supervisor'])")
 cat <<MSG
@@ -54,6 +70,10 @@ The supervisor's URL takes SigV4-signed calls only (AuthType AWS_IAM); curl sign
   (the key pair is infra/local.env's: set -a; . infra/local.env; set +a)
   curl signs the path as written, SigV4 for Lambda encodes it once more: a path with a
   %-escape or a ':' (task ids may hold one) gets 403 from curl; use taskfaas or botocore.
+localfaas's own commands (in .venv/bin, like every command the project installs):
+  .venv/bin/localfaas status       # functions, environments, the results queue's mapping
+  .venv/bin/localfaas invoke Producer --payload @docs/examples/produce-event.json
+The console shows cold starts, errors and a summary every 10 s (make run LOGS=full: every line).
 Ctrl-C stops everything.
 MSG
 wait "$faas"

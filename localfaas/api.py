@@ -8,7 +8,8 @@ import binascii
 import datetime
 import json
 import re
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from localfaas.invocation import Invocation
 from localfaas.pool import Throttled
-from localfaas.template import FunctionSpec
+from localfaas.template import FunctionSpec, MqEvent
 
 if TYPE_CHECKING:
     from localfaas.host import Host
@@ -62,11 +63,57 @@ def function_configuration(spec: FunctionSpec, code_sha256: str, modified: float
     }
 
 
+def event_source_mapping(spec: FunctionSpec, event: MqEvent, modified: float,
+                         status: Mapping[str, Any] | None) -> dict[str, Any]:
+    """An MQ event as EventSourceMappingConfiguration (botocore's lambda service-2.json). The
+    UUID is derived from the function and event names, so it is the same for every listing."""
+    mapping_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{spec.arn}/events/{event.name}"))
+    account = spec.arn.split(":")[4]
+    if status is None:
+        result = "No records processed"
+    elif not status["connected"] and status["last_error"]:
+        result = f"PROBLEM: {status['last_error']}"
+    else:
+        result = "OK" if status["batches"] else "No records processed"
+    return {
+        "UUID": mapping_id,
+        "BatchSize": event.batch_size,
+        "MaximumBatchingWindowInSeconds": int(event.window_seconds),
+        "EventSourceArn": event.broker_arn,
+        "FunctionArn": spec.arn,
+        "LastModified": modified,  # rest-json timestamps are epoch seconds
+        "LastProcessingResult": result,
+        "State": "Enabled" if event.enabled else "Disabled",
+        "StateTransitionReason": "USER_INITIATED",
+        "Queues": [event.queue],
+        # BASIC_AUTH's secret is not used locally (the broker URL setting has the credentials).
+        "SourceAccessConfigurations": [{"Type": "VIRTUAL_HOST", "URI": event.virtual_host}],
+        "EventSourceMappingArn": f"arn:aws:lambda:{spec.region}:{account}:event-source-mapping:{mapping_id}",
+    }
+
+
+def _page(request: web.BaseRequest, key: str, items: list[dict[str, Any]], page_size: int) -> web.Response:
+    """One page of a List operation: `Marker` is the offset a previous page's NextMarker gave,
+    `MaxItems` asks for fewer than the page size (Lambda never sends more)."""
+    marker, max_items = request.query.get("Marker") or "0", request.query.get("MaxItems")
+    if not marker.isdigit() or int(marker) > len(items):
+        return api_error(400, "InvalidParameterValueException", f"Invalid Marker: {marker}")
+    if max_items is not None and not (max_items.isdigit() and int(max_items) >= 1):
+        return api_error(400, "InvalidParameterValueException",
+                         f"MaxItems must be a positive integer, not {max_items!r}")
+    start = int(marker)
+    size = min(page_size, int(max_items)) if max_items is not None else page_size
+    body: dict[str, Any] = {key: items[start:start + size]}
+    if start + size < len(items):
+        body["NextMarker"] = str(start + size)
+    return web.json_response(body)
+
+
 class LambdaApi:
     def __init__(self, host: Host) -> None:
         self.host = host
         # Matched in order by a bare aiohttp server: Invoke is on every API call's hot path, and
-        # eight fixed routes do not need the Application router and middleware machinery.
+        # a dozen fixed routes do not need the Application router and middleware machinery.
         self._routes: list[tuple[str, re.Pattern[str], Route]] = [
             ("POST", re.compile(r"/2015-03-31/functions/(?P<name>[^/]+)/invocations"), self.invoke),
             ("GET", re.compile(r"/2015-03-31/functions/?"), self.list_functions),
@@ -74,6 +121,10 @@ class LambdaApi:
             ("GET", re.compile(r"/2015-03-31/functions/(?P<name>[^/]+)/configuration"),
              self.get_configuration),
             ("GET", re.compile(r"/2021-10-31/functions/(?P<name>[^/]+)/url"), self.get_url_config),
+            ("GET", re.compile(r"/2021-10-31/functions/(?P<name>[^/]+)/urls"), self.list_url_configs),
+            ("GET", re.compile(r"/2015-03-31/event-source-mappings/?"), self.list_event_source_mappings),
+            ("GET", re.compile(r"/2015-03-31/event-source-mappings/(?P<name>[^/]+)"),
+             self.get_event_source_mapping),
             ("GET", re.compile(r"/_localfaas/status"), self.status),
             ("POST", re.compile(r"/_localfaas/deploy"), self.deploy),
         ]
@@ -147,13 +198,7 @@ class LambdaApi:
 
     async def list_functions(self, request: web.BaseRequest, name: str) -> web.Response:
         configurations = [self._configuration(spec) for spec in self.host.functions()]
-        start = int(request.query.get("Marker") or 0)
-        size = int(request.query.get("MaxItems") or 50)
-        page = configurations[start:start + size]
-        body: dict[str, Any] = {"Functions": page}
-        if start + size < len(configurations):
-            body["NextMarker"] = str(start + size)
-        return web.json_response(body)
+        return _page(request, "Functions", configurations, page_size=50)
 
     async def get_function(self, request: web.BaseRequest, name: str) -> web.Response:
         spec = self._function(name)
@@ -181,6 +226,49 @@ class LambdaApi:
         if spec.url is None:
             return api_error(404, "ResourceNotFoundException",
                              f"The resource you requested does not exist. (function {spec.name} has no URL)")
+        return web.json_response(self._url_config(spec))
+
+    async def list_url_configs(self, request: web.BaseRequest, name: str) -> web.Response:
+        """ListFunctionUrlConfigs: a function has at most one URL here ($LATEST, no aliases)."""
+        spec = self._function(name)
+        if isinstance(spec, web.Response):
+            return spec
+        configs = [self._url_config(spec)] if spec.url is not None else []
+        return _page(request, "FunctionUrlConfigs", configs, page_size=50)
+
+    async def list_event_source_mappings(self, request: web.BaseRequest, name: str) -> web.Response:
+        """ListEventSourceMappings, filtered by FunctionName (name or ARN) and EventSourceArn."""
+        mappings = self._event_source_mappings()
+        wanted = request.query.get("FunctionName")
+        if wanted:
+            spec = self.host.function(wanted)
+            # AWS answers an empty list for a function with no mappings; so for an unknown one.
+            mappings = [m for m in mappings if spec is not None and m["FunctionArn"] == spec.arn]
+        source = request.query.get("EventSourceArn")
+        if source:
+            mappings = [m for m in mappings if m["EventSourceArn"] == source]
+        return _page(request, "EventSourceMappings", mappings, page_size=100)
+
+    async def get_event_source_mapping(self, request: web.BaseRequest, name: str) -> web.Response:
+        for mapping in self._event_source_mappings():
+            if mapping["UUID"] == name:
+                return web.json_response(mapping)
+        return api_error(404, "ResourceNotFoundException",
+                         f"The resource you requested does not exist. (Service: Lambda, mapping {name})")
+
+    def _event_source_mappings(self) -> list[dict[str, Any]]:
+        """The template's MQ events as Lambda describes event source mappings, with what the
+        running consumers report (a disabled event has no consumer)."""
+        running = {(m["function"], m["queue"], m["vhost"]): m for m in self.host.status()["mappings"]}
+        mappings = []
+        for spec in self.host.functions():
+            for event in spec.mq_events:
+                status = running.get((spec.name, event.queue, event.virtual_host)) if event.enabled else None
+                mappings.append(event_source_mapping(spec, event, self.host.started_at, status))
+        return mappings
+
+    def _url_config(self, spec: FunctionSpec) -> dict[str, Any]:
+        assert spec.url is not None
         created = _timestamp(self.host.started_at)
         body: dict[str, Any] = {
             "FunctionUrl": self.host.url_of(spec.name),
@@ -197,7 +285,7 @@ class LambdaApi:
                 "AllowHeaders": list(cors.allow_headers), "ExposeHeaders": list(cors.expose_headers),
                 "AllowCredentials": cors.allow_credentials, "MaxAge": cors.max_age,
             }
-        return web.json_response(body)
+        return body
 
     async def status(self, request: web.BaseRequest, name: str) -> web.Response:
         return web.json_response(self.host.status())
