@@ -31,7 +31,7 @@ OUTSIDE = re.compile(r"\.\./shared|DESIGN\.md|DESIGN\s*§|LAMBDA_REFERENCE")
 # "docs/architecture.md §5", "`docs/architecture.md` §3-§5, §7", "docs/lambda_behaviours.md §2.5 and §3".
 SECTION = r"§\s*\d+(?:\.\d+)*"
 CITATION = re.compile(
-    r"(?<![\w/.-])docs/(?P<file>[\w-]+(?:\.[\w-]+)*\.(?:md|ya?ml|json))`?"
+    r"(?<![\w/.-])docs/(?P<file>(?:[\w-]+/)*[\w-]+(?:\.[\w-]+)*\.(?:md|ya?ml|json))`?"
     rf"(?P<refs>[ \t]*{SECTION}(?:\s*(?:,|-|\u2013|and)\s*(?:{SECTION}|\d+(?:\.\d+)*(?![\w.])))*)?"
 )
 
@@ -109,6 +109,7 @@ def test_every_docs_citation_resolves_to_a_file_and_a_section() -> None:
     ("docs/lambda_behaviours.md §5.9", "has no section 5.9"),
     ("docs/lambda_behaviours.md §2.5 and §8", "has no section 8"),
     ("details in docs/no_such_file.md", "no such file"),
+    ("an event in docs/examples/no_such_event.json", "no such file"),
 ])
 def test_a_broken_citation_is_reported(text: str, problem: str) -> None:
     assert any(problem in p for p in broken_citations(text)), broken_citations(text)
