@@ -100,12 +100,24 @@ def build_event(request: web.BaseRequest, body: bytes, spec: FunctionSpec, reque
             "userArn": f"arn:aws:iam::{ACCOUNT_ID}:user/{caller.access_key}", "userId": caller.access_key,
         }}
     if body:
-        text = is_text(request.headers.get("Content-Type"))
-        event["body"] = body.decode("utf-8", "replace") if text else base64.b64encode(body).decode()
-        event["isBase64Encoded"] = not text
+        event["body"], event["isBase64Encoded"] = event_body(body, request.headers.get("Content-Type"))
     else:
         event["isBase64Encoded"] = False
     return event
+
+
+def event_body(body: bytes, content_type: str | None) -> tuple[str, bool]:
+    """The event's `body` and `isBase64Encoded`. Text types travel as text, everything else
+    base64-encoded, as Lambda does. A text-typed body that is not UTF-8 is base64-encoded too: as
+    text it would have to be altered (errors="replace" made b"\\xff" a valid U+FFFD), and the
+    function must see the bytes it was sent to refuse them. AWS does not document this case;
+    LocalStack encodes any non-ASCII body the same way."""
+    if is_text(content_type):
+        try:
+            return body.decode("utf-8"), False
+        except UnicodeDecodeError:
+            pass
+    return base64.b64encode(body).decode(), True
 
 
 def _too_large() -> web.Response:

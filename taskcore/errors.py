@@ -17,6 +17,16 @@ STATUS_BY_CODE: dict[str, int] = {
 DEFAULT_CLIENT_STATUS = 400
 
 
+class ValidationError(ValueError):
+    """Input the client got wrong. `code` is stable and documented; `details` says where."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
 class Unavailable(Exception):
     """A service the request needs (RabbitMQ, Redis, the supervisor) could not be reached or did not
     confirm; nothing of the request was kept. Maps to 503."""

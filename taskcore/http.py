@@ -11,8 +11,7 @@ from typing import Any
 import redis
 from chalice import Response
 
-from taskcore.errors import Unavailable, error_body, status_for
-from taskcore.messages import ValidationError
+from taskcore.errors import Unavailable, ValidationError, error_body, status_for
 
 log = logging.getLogger("taskcore.http")
 

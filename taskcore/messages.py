@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from taskcore.errors import ValidationError
+from taskcore.json_body import bounded, parse_json, refused
 from taskcore.registry import TASK_TYPES, PayloadError
 from taskcore.settings import Settings
 
@@ -26,16 +28,6 @@ MAX_PAYLOAD_DEPTH = 8
 TASK_FIELDS = frozenset({"type", "payload", "complexity", "task_id", "cache"})
 FINAL_STATUSES = frozenset({"succeeded", "failed"})
 RESULT_STATUSES = FINAL_STATUSES
-
-
-class ValidationError(ValueError):
-    """Input the client got wrong. `code` is stable and documented; `details` says where."""
-
-    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.details = details or {}
 
 
 class MessageError(ValueError):
@@ -187,8 +179,7 @@ def validate_submission(body: bytes | str, settings: Settings) -> list[TaskSpec]
 
 
 def parse_submission(body: bytes | str, settings: Settings) -> Submission:
-    raw = _bounded_body(body, settings)
-    data = _parse_json(raw)
+    data = parse_json(bounded(body, settings.max_body_bytes))
     if not isinstance(data, dict):
         raise ValidationError("not_an_object",
                               "the body must be a JSON object (a task or {\"tasks\": [...]})")
@@ -211,8 +202,8 @@ def parse_submission(body: bytes | str, settings: Settings) -> Submission:
 
 def parse_generate(body: bytes | str, settings: Settings, max_count: int) -> tuple[int, int]:
     """POST /generate {"count": 1..max_count (10), "seed": integer (0)}; an empty body is {}."""
-    raw = _bounded_body(body, settings)
-    data = _parse_json(raw) if raw.strip() else {}
+    raw = bounded(body, settings.max_body_bytes)
+    data = parse_json(raw) if raw.strip() else {}
     if not isinstance(data, dict):
         raise ValidationError("not_an_object", "the body must be a JSON object {\"count\", \"seed\"}")
     extra = sorted(set(data) - {"count", "seed"})
@@ -228,27 +219,6 @@ def parse_generate(body: bytes | str, settings: Settings, max_count: int) -> tup
     return count, seed
 
 
-def _bounded_body(body: bytes | str, settings: Settings) -> bytes:
-    raw = body.encode() if isinstance(body, str) else body
-    if len(raw) > settings.max_body_bytes:
-        raise ValidationError("body_too_large", f"the body is over {settings.max_body_bytes} bytes",
-                              {"max_bytes": settings.max_body_bytes, "bytes": len(raw)})
-    return raw
-
-
-def _parse_json(raw: bytes) -> Any:
-    def reject_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
-    try:
-        return json.loads(raw, parse_constant=reject_constant)
-    except RecursionError:
-        # Python's parser recurses per nesting level: thousands of "[" exhaust the stack.
-        raise ValidationError("payload_too_deep", f"JSON nested deeper than {MAX_PAYLOAD_DEPTH}") from None
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ValidationError("malformed_json", f"the body is not valid JSON: {error}") from None
-
-
 def validate_task(item: Any, index: int | None = None) -> TaskSpec:
     where = {} if index is None else {"index": index}
     if not isinstance(item, dict):
@@ -257,24 +227,27 @@ def validate_task(item: Any, index: int | None = None) -> TaskSpec:
     if extra:
         raise ValidationError("unknown_field", f"unknown task field(s): {', '.join(extra)}",
                               {**where, "unknown": extra, "allowed": sorted(TASK_FIELDS)})
-    task_type = item.get("type")
+    known = ", ".join(sorted(TASK_TYPES))
+    if "type" not in item:
+        raise ValidationError("unknown_type", f"type is required, one of {known}",
+                              {**where, "type": None, "got": "missing", "known": sorted(TASK_TYPES)})
+    task_type = item["type"]
     if not isinstance(task_type, str) or task_type not in TASK_TYPES:
-        raise ValidationError("unknown_type", f"type must be one of {', '.join(sorted(TASK_TYPES))}",
-                              {**where, "type": task_type if isinstance(task_type, str) else None,
-                               "known": sorted(TASK_TYPES)})
+        raise ValidationError("unknown_type", f"type must be one of {known}",
+                              {**where, **refused("type", task_type), "known": sorted(TASK_TYPES)})
     complexity = item.get("complexity", DEFAULT_COMPLEXITY)
     if isinstance(complexity, bool) or not isinstance(complexity, int) or not (
             MIN_COMPLEXITY <= complexity <= MAX_COMPLEXITY):
         raise ValidationError("invalid_complexity",
                               f"complexity must be an integer from {MIN_COMPLEXITY} to {MAX_COMPLEXITY}",
-                              {**where, "min": MIN_COMPLEXITY, "max": MAX_COMPLEXITY})
-    task_id = item.get("task_id")
+                              {**where, **refused("complexity", complexity),
+                               "min": MIN_COMPLEXITY, "max": MAX_COMPLEXITY})
     # Absent means "assign one"; present, even null, must be a valid id.
-    if "task_id" in item and (not isinstance(task_id, str) or not TASK_ID_RE.fullmatch(task_id)):
-        raise ValidationError("invalid_task_id", "task_id must match [A-Za-z0-9_.:-]{1,128}", where)
+    task_id = parse_task_id(item["task_id"], where) if "task_id" in item else None
     cache = item.get("cache", True)
     if not isinstance(cache, bool):
-        raise ValidationError("invalid_cache", "cache must be true or false", where)
+        raise ValidationError("invalid_cache", "cache must be true or false",
+                              {**where, **refused("cache", cache)})
     payload = item.get("payload", {})
     if _depth(payload) > MAX_PAYLOAD_DEPTH:
         raise ValidationError("payload_too_deep", f"payload nested deeper than {MAX_PAYLOAD_DEPTH}", where)
@@ -283,8 +256,10 @@ def validate_task(item: Any, index: int | None = None) -> TaskSpec:
     try:
         payload = TASK_TYPES[task_type].validate(payload)
     except PayloadError as error:
+        field = error.details.get("field")
+        value = refused("value", payload[field]) if field in payload else {}
         raise ValidationError("invalid_payload", f"{task_type}: {error.message}",
-                              {**where, **error.details}) from None
+                              {**where, **error.details, **value}) from None
     return TaskSpec(task_type, payload, complexity, task_id, cache)
 
 
@@ -294,6 +269,15 @@ def _depth(value: Any, level: int = 0) -> int:
         return level
     children = value.values() if isinstance(value, dict) else value
     return max((_depth(child, level + 1) for child in children), default=level + 1)
+
+
+def parse_task_id(task_id: Any, where: dict[str, Any] | None = None) -> str:
+    """A task id as submitted (`task_id`) or as a path parameter (GET /results/{task_id}): one rule
+    for both, so that every id a client can name is one it could have submitted."""
+    if not isinstance(task_id, str) or not TASK_ID_RE.fullmatch(task_id):
+        raise ValidationError("invalid_task_id", f"task_id must match {TASK_ID_RE.pattern}",
+                              {**(where or {}), **refused("task_id", task_id)})
+    return task_id
 
 
 def parse_wait(query: Mapping[str, str] | None, maximum: float) -> float:

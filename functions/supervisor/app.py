@@ -13,7 +13,7 @@ from taskcore import dispatch
 from taskcore.broker import Publisher
 from taskcore.function_url import function_url_handler
 from taskcore.http import api_errors, error_response, json_response
-from taskcore.messages import parse_submission, parse_task_ids, parse_wait
+from taskcore.messages import parse_submission, parse_task_id, parse_task_ids, parse_wait
 from taskcore.settings import Settings
 from taskcore.store import TaskStore
 
@@ -40,6 +40,7 @@ def supervise() -> Response:
 @app.route("/results/{task_id}", methods=["GET"])
 @api_errors
 def result(task_id: str) -> Response:
+    task_id = parse_task_id(task_id)  # what no submission could have named is a 400, not a 404
     wait = parse_wait(app.current_request.query_params, MAX_WAIT_SECONDS)
     record = store.wait(task_id, wait) if wait else store.get(task_id)
     if record is None:

@@ -160,6 +160,11 @@ def test_cookies_from_two_cookie_headers(web: tuple[str, int]) -> None:
     ("application/octet-stream", bytes([0, 1, 2, 255]), "AAEC/w==", True),
     ("application/x-www-form-urlencoded", b"a=1&b=2", base64.b64encode(b"a=1&b=2").decode(), True),
     (None, b"raw", base64.b64encode(b"raw").decode(), True),
+    # Not UTF-8 although typed as text: the bytes as they came, base64-encoded (as text they would
+    # have to be altered, and the function could not tell).
+    ("application/json", b'{"data":"\xff\xfe"}', base64.b64encode(b'{"data":"\xff\xfe"}').decode(), True),
+    ("text/plain; charset=utf-8", b"caf\xe9", base64.b64encode(b"caf\xe9").decode(), True),
+    ("application/json", b'"\xed\xa0\x80"', base64.b64encode(b'"\xed\xa0\x80"').decode(), True),
 ])
 def test_event_body(web: tuple[str, int], content_type: str | None, body: bytes, expected: str,
                     encoded: bool) -> None:

@@ -15,6 +15,7 @@ from taskcore.messages import (
     fingerprint,
     parse_generate,
     parse_submission,
+    parse_task_id,
     parse_task_ids,
     parse_wait,
     validate_submission,
@@ -22,6 +23,7 @@ from taskcore.messages import (
 from taskcore.settings import Settings
 
 SETTINGS = Settings.from_env({}, max_batch=3, max_body_bytes=4096)
+ROOMY = Settings.from_env({})  # the default limits (1 MiB)
 
 
 def body(value: Any) -> bytes:
@@ -143,8 +145,92 @@ def test_body_too_large() -> None:
     assert caught.value.details == {"max_bytes": 4096, "bytes": len(raw)}
 
 
+def refusal(raw: bytes | str, settings: Settings = SETTINGS) -> ValidationError:
+    with pytest.raises(ValidationError) as caught:
+        validate_submission(raw, settings)
+    return caught.value
+
+
+# Input handling: bytes, numbers, what a refusal says --------------------------------------------
+
+@pytest.mark.parametrize("raw", [
+    b'{"type": "hash", "payload": {"data": "\xff\xfe"}}',  # not UTF-8 at all
+    b'{"type": "hash", "payload": {"data": "\xed\xa0\x80"}}',  # UTF-8-encoded surrogate (CESU)
+    b'{"type": "hash", "payload": {"data": "\xc3"}}',  # truncated sequence
+    '{"type": "sleep"}'.encode("utf-16"),  # JSON travels as UTF-8 (RFC 8259 8.1)
+])
+def test_a_body_that_is_not_utf8_is_malformed_json(raw: bytes) -> None:
+    error = refusal(raw)
+    assert error.code == "malformed_json"
+    assert "UTF-8" in error.message and isinstance(error.details["offset"], int)
+
+
+def test_a_utf8_byte_order_mark_is_ignored() -> None:
+    assert validate_submission(b"\xef\xbb\xbf" + body({"type": "sleep"}), SETTINGS)[0].type == "sleep"
+
+
+def test_a_number_of_5000_digits_is_refused_in_the_projects_terms() -> None:
+    for number in ("1" * 5000, "-" + "9" * 5000, "1e400", "-1e400", "1" + "0" * 100 + ".0"):
+        error = refusal(f'{{"type": "primes", "payload": {{"n": {number}}}}}'.encode(), ROOMY)
+        assert error.code == "number_too_large", number[:10]
+        assert error.details["max_digits"] == 100
+        assert "sys." not in error.message and "digits" in error.message
+        assert len(error.details["number"]) <= 131  # quoted, cut short
+    # 100 digits are read; the field's own rule then refuses them.
+    error = refusal(f'{{"type": "primes", "payload": {{"n": {"9" * 100}}}}}'.encode())
+    assert error.code == "invalid_payload" and error.details["field"] == "n"
+
+
+def test_integral_floats_are_integers() -> None:
+    [spec] = validate_submission(b'{"type": "primes", "payload": {"n": 10.0}, "complexity": 2.0}', SETTINGS)
+    assert spec.payload == {"n": 10} and type(spec.payload["n"]) is int
+    assert spec.complexity == 2 and type(spec.complexity) is int
+    assert spec.fingerprint == validate_submission(body({"type": "primes", "payload": {"n": 10}}),
+                                                   SETTINGS)[0].fingerprint
+    [spec] = validate_submission(b'{"type": "hash", "payload": {"data": "x", "rounds": 1e3}}', SETTINGS)
+    assert spec.payload["rounds"] == 1000
+    assert parse_generate(b'{"count": 2.0, "seed": -7.0}', SETTINGS, 100) == (2, -7)
+
+
+def test_fractions_are_refused_saying_what_was_sent() -> None:
+    error = refusal(b'{"type": "primes", "payload": {"n": 10.5}}')
+    assert error.code == "invalid_payload" and "integer" in error.message
+    assert error.details == {"field": "n", "value": 10.5, "got": "number"}
+    error = refusal(b'{"type": "primes", "payload": {"n": 10}, "complexity": 2.5}')
+    assert error.code == "invalid_complexity"
+    assert error.details == {"complexity": 2.5, "got": "number", "min": 1, "max": 10}
+
+
+@pytest.mark.parametrize(("task", "details"), [
+    ({"type": 5}, {"type": 5, "got": "integer"}),
+    ({"type": None}, {"type": None, "got": "null"}),
+    ({"type": ["primes"]}, {"type": None, "got": "array"}),
+    ({"type": "teleport"}, {"type": "teleport", "got": "string"}),
+    ({"type": "x" * 1000}, {"type": "x" * 128 + "...", "got": "string"}),
+    ({"payload": {}}, {"type": None, "got": "missing"}),
+])
+def test_unknown_type_says_what_was_sent(task: dict[str, Any], details: dict[str, Any]) -> None:
+    error = refusal(body(task))
+    assert error.code == "unknown_type"
+    assert error.details == {**details, "known": ["fail", "hash", "primes", "sleep"]}
+
+
+def test_parse_task_id_is_the_rule_of_submitted_ids() -> None:
+    assert parse_task_id("A-b_c.d:1") == "A-b_c.d:1"
+    with pytest.raises(ValidationError) as caught:
+        parse_task_id("a b")
+    assert caught.value.details == {"task_id": "a b", "got": "string"}
+    for bad in ("a b", "", "x" * 129, "a/b", "a%20b", "é", None, 5):
+        with pytest.raises(ValidationError) as caught:
+            parse_task_id(bad)
+        assert caught.value.code == "invalid_task_id"
+        # ... the same answer as for the id in a submission
+        submitted = refusal(body({"type": "sleep", "task_id": bad}))
+        assert (submitted.code, submitted.details) == (caught.value.code, caught.value.details)
+
+
 def test_hash_data_limit_is_65536_characters_of_unicode() -> None:
-    roomy = Settings.from_env({})
+    roomy = ROOMY
     validate_submission(body({"type": "hash", "payload": {"data": "é" * 65536}}), roomy)
     assert code_of(body({"type": "hash", "payload": {"data": "x" * 65537}}), roomy) == "invalid_payload"
     # A lone surrogate, as the JSON escape \ud800 gives one, is no text: refused, not a 500.
