@@ -62,6 +62,7 @@ class Host:
         self._control_socket = _listen(config.host, config.port)
         self._url_sockets: dict[str, socket.socket] = {}
         self.template: Template = self._load_template()
+        self.logs.align(self.template.functions)
         self.region = next(iter(self.template.functions.values())).region \
             if self.template.functions else "us-east-1"
         self._pools = {name: FunctionPool(spec, self.settings, self.runtime_api, self.logs,

@@ -14,7 +14,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
@@ -120,16 +120,20 @@ class LogSink:
         counts = environments()
         parts = []
         for function, window in sorted(windows.items()):
-            figures = [_count(window.invocations, "invocation")]
+            figures = [f"{window.invocations} inv"]
             if window.errors:
                 figures.append(_count(window.errors, "error"))
-            if window.cold_starts:
-                figures.append(_count(window.cold_starts, "cold start"))
             if window.durations_ms:
                 figures.append(f"p50 {statistics.median(window.durations_ms):.1f} ms")
-            figures.append(_count(counts.get(function, 0), "environment"))
+            if window.cold_starts:
+                figures.append(f"{window.cold_starts} cold")
+            figures.append(f"{counts.get(function, 0)} env")
             parts.append(f"{function}: {', '.join(figures)}")
         self.host(f"last {elapsed:.0f} s: " + " | ".join(parts))
+
+    def align(self, functions: Iterable[str]) -> None:
+        """Line the console's function names up from the start."""
+        self._width = max([self._width, *(len(name) for name in functions)])
 
     def _console_line(self, function: str, text: str) -> None:
         self._width = max(self._width, len(function))
