@@ -92,7 +92,8 @@ class LogSink:
         `error` is (errorType, errorMessage) when the function failed."""
         window = self._windows.setdefault(function, _Window())
         window.invocations += 1
-        window.durations_ms.append(duration_ms)
+        if not init_failed:  # no handler ran: a duration of 0 would only pull the median down
+            window.durations_ms.append(duration_ms)
         if error is not None:
             window.errors += 1
             if not self.full:
