@@ -74,7 +74,7 @@ def event_source_mapping(spec: FunctionSpec, event: MqEvent, modified: float,
     elif not status["connected"] and status["last_error"]:
         result = f"PROBLEM: {status['last_error']}"
     else:
-        result = "OK" if status["batches"] else "No records processed"
+        result = "OK" if status["acked"] else "No records processed"  # a batch went through
     return {
         "UUID": mapping_id,
         "BatchSize": event.batch_size,

@@ -7,20 +7,24 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions
+import pika
 import pytest
 from botocore.config import Config
 from localstack_client.session import Session as LocalstackClientSession
 from pytest_localstack.session import RunningSession
 
+from bench.stack import RABBITMQ_URL, eventually, http
 from tests.localfaas.conftest import FIXTURES, RunningHost, start_host
 
 FUNCTIONS = {"Echo", "Behave", "Capped", "Web", "Big", "Broken"}
@@ -293,3 +297,115 @@ def test_get_function_url_config(client: Any, host: RunningHost) -> None:
 def test_get_function_url_config_without_url(client: Any) -> None:
     with pytest.raises(client.exceptions.ResourceNotFoundException):
         client.get_function_url_config(FunctionName="Echo")
+
+
+# -- ListFunctionUrlConfigs, ListEventSourceMappings, GetEventSourceMapping -----------------------
+
+
+def test_list_function_url_configs(client: Any) -> None:
+    single = client.get_function_url_config(FunctionName="Web")
+    del single["ResponseMetadata"]
+    for name in ("Web", "arn:aws:lambda:us-east-1:000000000000:function:Web"):
+        listed = client.list_function_url_configs(FunctionName=name)
+        assert listed["FunctionUrlConfigs"] == [single]
+        assert "NextMarker" not in listed
+    assert client.list_function_url_configs(FunctionName="Echo")["FunctionUrlConfigs"] == []
+    pages = client.get_paginator("list_function_url_configs").paginate(FunctionName="Web")
+    assert pages.build_full_result()["FunctionUrlConfigs"] == [single]
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.list_function_url_configs(FunctionName="Nope")
+
+
+def test_no_event_source_mappings(client: Any) -> None:
+    assert client.list_event_source_mappings()["EventSourceMappings"] == []
+    assert client.list_event_source_mappings(FunctionName="Echo")["EventSourceMappings"] == []
+
+
+def test_list_paging_refuses_bad_markers(host: RunningHost) -> None:
+    for query in ("Marker=abc", "Marker=-1", "Marker=99", "MaxItems=0", "MaxItems=x"):
+        for path in ("/2015-03-31/functions/", "/2015-03-31/event-source-mappings/",
+                     "/2021-10-31/functions/Web/urls"):
+            status, headers, body = http("GET", f"{host.endpoint}{path}?{query}")
+            assert status == 400, (path, query, body)
+            assert headers["x-amzn-ErrorType"] == "InvalidParameterValueException"
+            assert json.loads(body)["Type"] == "User"
+
+
+@pytest.fixture
+def mq_host(tmp_path: Path) -> Iterator[tuple[RunningHost, str]]:
+    """The MQ fixture with a second, disabled event on a queue of its own."""
+    queue, paused = f"lf-esm-{uuid.uuid4().hex[:10]}", f"lf-esm-paused-{uuid.uuid4().hex[:10]}"
+    code = tmp_path / "fixtures"
+    shutil.copytree(FIXTURES, code)
+    template = (code / "mq_template.yaml").read_text() + (
+        "        Paused:\n          Type: MQ\n          Properties:\n"
+        "            Broker: arn:aws:mq:us-east-1:000000000000:broker:other:b-1\n"
+        f"            Queues: [{paused}]\n            BatchSize: 5\n            Enabled: false\n")
+    (code / "esm_template.yaml").write_text(template)
+    with pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL)) as connection:
+        connection.channel().queue_declare(queue)
+    try:
+        running = start_host(code / "esm_template.yaml", tmp_path / "run",
+                             {"Queue": queue, "RecordFile": str(tmp_path / "records.jsonl")})
+        try:
+            yield running, queue
+        finally:
+            running.stop()
+    finally:
+        with pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL)) as connection:
+            connection.channel().queue_delete(queue)
+
+
+def test_event_source_mappings(mq_host: tuple[RunningHost, str], tmp_path: Path) -> None:
+    host, queue = mq_host
+    client = plain_boto3_factory(host)(None)
+    arn = "arn:aws:lambda:us-east-1:000000000000:function:Consumer"
+    listed = client.list_event_source_mappings()["EventSourceMappings"]
+    assert [(m["Queues"], m["State"]) for m in listed] == [([queue], "Enabled"),
+                                                            ([listed[1]["Queues"][0]], "Disabled")]
+    jobs, paused = listed
+    assert jobs["FunctionArn"] == paused["FunctionArn"] == arn
+    assert jobs["EventSourceArn"] == "arn:aws:mq:us-east-1:000000000000:broker:local:" \
+                                     "b-00000000-0000-0000-0000-000000000000"
+    assert (jobs["BatchSize"], jobs["MaximumBatchingWindowInSeconds"], paused["BatchSize"]) == (10, 0, 5)
+    assert jobs["SourceAccessConfigurations"] == [{"Type": "VIRTUAL_HOST", "URI": "/"}]
+    assert jobs["EventSourceMappingArn"] == f"arn:aws:lambda:us-east-1:000000000000:event-source-mapping:" \
+                                            f"{jobs['UUID']}"
+    assert str(uuid.UUID(jobs["UUID"])) == jobs["UUID"] != paused["UUID"]
+    assert jobs["LastModified"].year >= 2024
+    assert jobs["LastProcessingResult"] == paused["LastProcessingResult"] == "No records processed"
+
+    # The same mappings on every call, filtered by function (name or ARN) and by event source
+    strip = [{k: v for k, v in m.items() if k != "LastProcessingResult"} for m in listed]
+    for name in ("Consumer", arn):
+        found = client.list_event_source_mappings(FunctionName=name)["EventSourceMappings"]
+        assert [{k: v for k, v in m.items() if k != "LastProcessingResult"} for m in found] == strip
+    assert client.list_event_source_mappings(FunctionName="Nope")["EventSourceMappings"] == []
+    only = client.list_event_source_mappings(EventSourceArn=paused["EventSourceArn"])
+    assert [m["UUID"] for m in only["EventSourceMappings"]] == [paused["UUID"]]
+
+    # Pages of one, and the paginator over them
+    first = client.list_event_source_mappings(MaxItems=1)
+    assert [m["UUID"] for m in first["EventSourceMappings"]] == [jobs["UUID"]]
+    second = client.list_event_source_mappings(MaxItems=1, Marker=first["NextMarker"])
+    assert [m["UUID"] for m in second["EventSourceMappings"]] == [paused["UUID"]]
+    assert "NextMarker" not in second
+    pages = list(client.get_paginator("list_event_source_mappings").paginate(
+        PaginationConfig={"PageSize": 1}))
+    paged = [m["UUID"] for page in pages for m in page["EventSourceMappings"]]
+    assert paged == [jobs["UUID"], paused["UUID"]]
+
+    got = client.get_event_source_mapping(UUID=paused["UUID"])
+    del got["ResponseMetadata"]
+    assert got == paused
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.get_event_source_mapping(UUID=str(uuid.uuid4()))
+
+    # Once a batch went through, the mapping reports it as Lambda does
+    eventually(lambda: host.status()["mappings"][0]["connected"], 10, "the mapping to connect")
+    with pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL)) as connection:
+        connection.channel().basic_publish("", queue, b'{"n": 1}')
+    eventually(lambda: client.get_event_source_mapping(UUID=jobs["UUID"])["LastProcessingResult"] == "OK",
+               10, "LastProcessingResult OK after a batch")
+    [record] = (tmp_path / "records.jsonl").read_text().splitlines()
+    assert list(json.loads(record)["event"]["rmqMessagesByQueue"]) == [f"{queue}::/"]
