@@ -9,6 +9,9 @@ from typing import Any
 from chalice import BadRequestError, Chalice, Response
 
 from taskcore.function_url import function_url_handler, match_route, to_v1_event
+from taskcore.http import api_errors, json_response
+from taskcore.messages import parse_submission
+from taskcore.settings import Settings
 
 app = Chalice(app_name="adapter-test")
 
@@ -37,6 +40,14 @@ def produce() -> Response:
 @app.route("/upload", methods=["POST"], content_types=["application/octet-stream"])
 def upload() -> dict[str, Any]:
     return {"bytes": list(app.current_request.raw_body)}
+
+
+@app.route("/submit", methods=["POST"], content_types=["application/json"])
+@api_errors
+def submit() -> Response:
+    """As the producer reads a submission: the raw bytes, parsed by taskcore."""
+    submission = parse_submission(app.current_request.raw_body or b"", Settings())
+    return json_response({"types": [spec.type for spec in submission.tasks]}, 202)
 
 
 @app.route("/cookies", methods=["GET"])
@@ -133,6 +144,17 @@ def test_base64_body_is_decoded_for_chalice() -> None:
                                     headers={"content-type": "application/octet-stream"}))
     assert status == 200
     assert data == {"bytes": [0, 1, 2, 255]}
+
+
+def test_a_json_body_that_is_not_utf8_reaches_the_parser_as_bytes_and_is_refused() -> None:
+    """localfaas base64-encodes a text-typed body that is not UTF-8: the bytes reach the parser."""
+    json_type = {"content-type": "application/json"}
+    bad = base64.b64encode(b'{"type": "hash", "payload": {"data": "\xff\xfe"}}').decode()
+    status, _, data, _ = call(event("POST", "/submit", body=bad, b64=True, headers=json_type))
+    assert status == 400 and data["error"]["code"] == "malformed_json"
+    good = base64.b64encode('{"type": "hash", "payload": {"data": "é"}}'.encode()).decode()
+    status, _, data, _ = call(event("POST", "/submit", body=good, b64=True, headers=json_type))
+    assert status == 202 and data == {"types": ["hash"]}
 
 
 def test_multi_value_response_headers() -> None:
