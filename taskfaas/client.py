@@ -83,28 +83,28 @@ def from_state_file(run_dir: Path) -> Endpoints:
     return Endpoints(urls.get("Producer"), urls.get("Supervisor"))
 
 
-def from_lambda_api(endpoint_url: str | None, names: Sequence[str], creds: Mapping[str, str]) -> Endpoints:
-    """The URLs from the Lambda API's GetFunctionUrlConfig (localfaas's control port, or AWS when
-    `endpoint_url` is None), with the producer's auth type."""
+def from_lambda_api(endpoint_url: str, names: Sequence[str], creds: Mapping[str, str]) -> Endpoints:
+    """The URLs from the Lambda API's GetFunctionUrlConfig at `endpoint_url` (localfaas's control
+    port, or AWS's regional endpoint), with the producer's auth type."""
     import botocore.exceptions
     import botocore.session
 
-    # Without a key pair here, botocore's own chain (profiles, SSO, instance roles) applies.
-    client = botocore.session.get_session().create_client(
-        "lambda", endpoint_url=endpoint_url,
-        region_name=creds.get("AWS_REGION") or creds.get("AWS_DEFAULT_REGION"),
-        aws_access_key_id=creds.get("AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=creds.get("AWS_SECRET_ACCESS_KEY"),
-        aws_session_token=creds.get("AWS_SESSION_TOKEN"))
-    where = endpoint_url or "AWS"
     configs = []
-    for name in names:
-        try:
-            configs.append(client.get_function_url_config(FunctionName=name))
-        except botocore.exceptions.ClientError as error:
-            raise StackError(f"the Lambda API at {where} has no URL for {name}: {error}") from None
-        except botocore.exceptions.BotoCoreError as error:
-            raise StackError(f"cannot reach the Lambda API at {where}: {error}") from None
+    try:
+        # Without a key pair here, botocore's own chain (profiles, SSO, instance roles) applies.
+        client = botocore.session.get_session().create_client(
+            "lambda", endpoint_url=endpoint_url,
+            region_name=creds.get("AWS_REGION") or creds.get("AWS_DEFAULT_REGION") or "us-east-1",
+            aws_access_key_id=creds.get("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=creds.get("AWS_SECRET_ACCESS_KEY"),
+            aws_session_token=creds.get("AWS_SESSION_TOKEN"))
+        for name in names:
+            try:
+                configs.append(client.get_function_url_config(FunctionName=name))
+            except botocore.exceptions.ClientError as error:
+                raise StackError(f"the Lambda API at {endpoint_url} has no URL for {name}: {error}") from None
+    except botocore.exceptions.BotoCoreError as error:
+        raise StackError(f"cannot reach the Lambda API at {endpoint_url}: {error}") from None
     producer, supervisor = configs
     return Endpoints(producer["FunctionUrl"], supervisor["FunctionUrl"], producer["AuthType"])
 
