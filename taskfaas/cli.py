@@ -178,22 +178,25 @@ def cmd_stats(client: Client, args: argparse.Namespace) -> None:
 
 def cmd_tail(client: Client, args: argparse.Namespace) -> None:
     filters = {**({"state": args.state} if args.state else {}), **({"type": args.type} if args.type else {})}
+    # Following: a window of the newest 100 tells new from seen (read first, so that nothing
+    # submitted in between is missed or shown twice).
+    window = {"limit": 100, **filters}
+    latest = client.supervisor("tasks", window)["tasks"] if args.follow else []
+    records = client.supervisor("tasks", {"limit": args.limit, **filters})["tasks"]
     if not args.follow:
-        records = client.supervisor("tasks", {"limit": args.limit, **filters})["tasks"]
         if args.json:
             _print_json({"tasks": records})
         else:
             print(_table(records, _RECORD) if records else "no tasks")
         return
-    # Following, as tail -f: oldest first, the newest at the bottom; then each task again whenever
-    # it is seen in a new status. A window of the newest 100 tells new from seen.
+    # As tail -f: oldest first, the newest at the bottom; then each task again whenever it is seen
+    # in a new status.
     show: Callable[[dict[str, Any]], str] = json.dumps if args.json else lambda r: _row(r, _RECORD)
-    window = {"limit": 100, **filters}
-    latest = client.supervisor("tasks", window)["tasks"]
     if not args.json:
         print(_header(_RECORD), flush=True)
-    for record in reversed(latest[:args.limit]):
+    for record in reversed(records):
         print(show(record), flush=True)
+    latest += records
     while True:
         seen = {(r["task_id"], r["status"]) for r in latest}
         time.sleep(args.interval)

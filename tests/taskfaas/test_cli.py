@@ -177,6 +177,7 @@ def test_bad_input_exits_non_zero_with_the_400_message(cli: CliRunner) -> None:
     assert cli("tail", "--limit", "101").err == \
         "taskfaas: 400 invalid_limit: limit must be an integer from 1 to 100\n"
     assert "400 invalid_state" in cli("tail", "--state", "done").err
+    assert "400 invalid_limit" in cli("tail", "--follow", "--limit", "0").err  # not a follow of nothing
     unknown = cli("result", unique("never-submitted"))
     assert unknown.code == 1 and "404 not_found" in unknown.err
 
