@@ -204,16 +204,37 @@ class Namespace:
 
 def _rabbitmqctl(services: Services, *args: str) -> list[dict[str, Any]]:
     command = [*services.rabbitmqctl, "-q", *args, "-p", services.vhost, "--formatter", "json"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    # Not our stdin: the Erlang CLI reads it, and would take the answer typed to our question.
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[:300]}"
                            " (rabbitmqctl needs the machine's administrator)")
     return json.loads(done.stdout or "[]")
 
 
+def list_queue_names(services: Services) -> list[str]:
+    return [row["name"] for row in _rabbitmqctl(services, "list_queues", "name")]
+
+
 def list_queues(services: Services) -> list[Queue]:
-    return [Queue(row["name"], _int(row.get("messages")), _int(row.get("consumers")))
-            for row in _rabbitmqctl(services, "list_queues", "name", "messages", "consumers")]
+    """The vhost's queues with their messages and consumers as they are now: counted by passive
+    declares, as rabbitmqctl's figures for quorum queues lag by the stats interval (5 s: a consumer
+    that just came is not there yet). A queue deleted meanwhile is left out."""
+    queues = []
+    connection = pika.BlockingConnection(pika.URLParameters(services.rabbitmq_url))
+    try:
+        channel = connection.channel()
+        for name in list_queue_names(services):
+            try:
+                declared = channel.queue_declare(name, passive=True).method
+            except pika.exceptions.ChannelClosedByBroker:  # 404: gone since it was listed
+                channel = connection.channel()
+                continue
+            queues.append(Queue(name, declared.message_count, declared.consumer_count))
+    finally:
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            connection.close()
+    return queues
 
 
 def list_exchanges(services: Services) -> list[str]:
@@ -258,7 +279,8 @@ def inventory(services: Services) -> list[Namespace]:
 
 def collect(services: Services, namespace: str) -> Namespace:
     """One namespace's names, for removal: everything starting with its prefix, but what belongs to
-    another namespace nested in it; for the default namespace, only the names Keys makes."""
+    another namespace nested in it; for the default namespace, only the names Keys makes. Its
+    exchanges are the ones Keys names (deleting one that is not there is no error)."""
     def ours(name: str) -> bool:
         if not name.startswith(namespace):
             return False
@@ -273,15 +295,14 @@ def collect(services: Services, namespace: str) -> Namespace:
         space.owner = _json(client.get(Keys(namespace).owner))
     finally:
         client.close()
+    names = Keys(namespace)
+    space.exchanges = [names.tasks_exchange, names.results_exchange, names.dead_exchange]
     try:
-        space.queues = [queue for queue in list_queues(services) if ours(queue.name)]
-        space.exchanges = [name for name in list_exchanges(services) if ours(name)]
+        space.queues = [Queue(name, 0, 0) for name in list_queue_names(services) if ours(name)]
     except (RuntimeError, OSError, ValueError):
-        # No rabbitmqctl here: the queues and exchanges every namespace has, at least.
-        names = Keys(namespace)
+        # No rabbitmqctl here: the queues every namespace has, at least.
         space.queues = [Queue(name, 0, 0) for name in (names.shared_queue, names.results_queue,
                                                        names.tasks_dead_queue, names.results_dead_queue)]
-        space.exchanges = [names.tasks_exchange, names.results_exchange, names.dead_exchange]
     return space
 
 
@@ -369,13 +390,6 @@ def _json(raw: bytes | None) -> dict[str, Any] | None:
 
 def _text(key: bytes) -> str:
     return key.decode(errors="replace")
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
 
 
 def _glob_escape(text: str) -> str:
