@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv services test lint run load-test bench soak clean
+.PHONY: venv services test lint run load-test clean-state bench soak clean
 
 # The first install takes about a minute: say so, and show a line per package pip fetches (not
 # the hundred "Requirement already satisfied" of a re-install); all of pip's output is kept in
@@ -41,8 +41,15 @@ test: venv services lint
 run: venv
 	infra/run.sh
 
+# Options go in ARGS: make load-test ARGS="-n 500 --no-cache" (all of them: ARGS=--help).
 load-test: venv services
-	$(BIN)/python bench/load_test.py
+	$(BIN)/python bench/load_test.py $(ARGS)
+
+# What earlier runs left on RabbitMQ and Redis (namespaces whose owner is gone, the default
+# stack's tasks and cache when idle), listed and removed once confirmed; ARGS=--yes asks nothing.
+clean-state: venv services
+	$(BIN)/python infra/provision.py
+	$(BIN)/python infra/clean_state.py $(ARGS)
 
 bench: venv services
 	@# wrk, a C load generator, leaves the 2 cores to what is measured; the Python one does not.

@@ -2,8 +2,13 @@
 for every result with long-polls, prints a summary table and writes bench/reports/load-<time>.json
 and .png. Exits 1 if any task was lost or did not end by the deadline, 2 on a usage error.
 
-    python bench/load_test.py [--count 100] [--seed 1] [--repeat-share 0.2] [--replay FILE]
+    python bench/load_test.py [--count 100] [--seed 1] [--repeat-share 0.2] [--replay FILE] [--no-cache]
         [--concurrency 16] [--batch K] [--rate R] [--deadline 300] [--producer URL] [--results URL]
+    make load-test ARGS="-n 500 --no-cache"
+
+The same seed gives the same tasks, so a second run is answered from the result cache of the first
+(for CACHE_TTL, an hour): the summary says so when most of a run did no work of its own. Use
+--no-cache (every task computed: "cache": false), or another --seed, to measure processing.
 
 The targets default to the producer and supervisor URLs in .localfaas/state.json (`make run`).
 Any system with the same HTTP contract can be driven (see bench/loadgen.py).
@@ -108,6 +113,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--replay", metavar="FILE", help="send the tasks of this JSON list as they are")
     source.add_argument("--save-tasks", metavar="FILE",
                         help="write the task list as JSON (to --replay later)")
+    source.add_argument("--no-cache", action="store_true",
+                        help="send every task with \"cache\": false: computed, neither answered from "
+                             "the result cache nor coalesced, and not cached either")
     load = parser.add_argument_group("load")
     load.add_argument("--concurrency", "-c", type=int, default=16, help="submission requests at once")
     load.add_argument("--poll-concurrency", type=int,
@@ -187,11 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         tasks = loadgen.make_tasks(args.count, args.seed, args.repeat_share, args.include_failures)
         source = (f"seed {args.seed}, {args.repeat_share:.0%} repeats"
                   f"{', with failures' if args.include_failures else ''}")
+    if args.no_cache:
+        tasks = [{**task, "cache": False} for task in tasks]
+        source += ", no cache"
     if args.save_tasks:
         Path(args.save_tasks).write_text(json.dumps(tasks))
     config = {"source": source, "label": args.label, "argv": sys.argv[1:] if argv is None else argv,
               "seed": None if args.replay else args.seed,
-              "repeat_share": None if args.replay else args.repeat_share}
+              "repeat_share": None if args.replay else args.repeat_share, "no_cache": args.no_cache}
     progress = None if args.no_progress else ProgressBar()
     signer = None if args.unsigned else local_signer(args.env_file)
     started = time.time()

@@ -157,6 +157,9 @@ class TaskOutcome:
     polls: int = 0
     error: str | None = None
     result_url: str | None = None
+    # Index of the run's first task with the same task_id, or else the same work (type and
+    # payload): the tasks that one computation of this run could answer.
+    same_as: int | None = None
 
     @property
     def latency(self) -> float | None:
@@ -244,7 +247,9 @@ class _Run:
         self.request_timeout = request_timeout
         self.t0 = time.monotonic()
         self.end = self.t0 + deadline
-        self.outcomes = [TaskOutcome(i, str(t.get("type")), _int(t.get("complexity", 1)))
+        firsts: dict[str, int] = {}
+        self.outcomes = [TaskOutcome(i, str(t.get("type")), _int(t.get("complexity", 1)),
+                                     same_as=firsts.setdefault(_same_key(t), i))
                          for i, t in enumerate(tasks)]
         self.requests: list[RequestSample] = []
         self.counters: Counter[str] = Counter()
@@ -614,6 +619,13 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def _same_key(task: dict[str, Any]) -> str:
+    task_id = task.get("task_id")
+    if isinstance(task_id, str):
+        return "id " + task_id
+    return json.dumps([task.get("type"), task.get("payload")], sort_keys=True, default=str)
+
+
 async def run_load(tasks: Sequence[dict[str, Any]], producer_url: str, results_url: str | None = None,
                    concurrency: int = 16, batch: int = 1, rate: float | None = None,
                    deadline: float = 300.0, progress: ProgressCallback | None = None, *,
@@ -688,6 +700,35 @@ def timeline(tasks: Sequence[TaskOutcome], bucket: float = 1.0,
     return {"bucket_s": bucket, **series}
 
 
+# Cache outcomes of a task that did no work of its own.
+NO_WORK = ("hit", "coalesced", "existing")
+
+
+def done_before(accepted: Sequence[TaskOutcome]) -> dict[str, int]:
+    """How many accepted tasks were answered by work from before the run (by cache outcome, and
+    "total"): those of a same_as group in which no task was computed (a miss, a bypass, or an
+    outcome the system does not report). Within a group the order of admission does not matter:
+    one computation in the run accounts for its repeats."""
+    def group(task: TaskOutcome) -> int:
+        return task.index if task.same_as is None else task.same_as
+
+    computed = {group(t) for t in accepted if t.cache not in NO_WORK}
+    before = Counter(t.cache for t in accepted if group(t) not in computed)
+    return {"total": sum(before.values()), **{name: before.get(name, 0) for name in NO_WORK}}
+
+
+def reuse_warning(summary: dict[str, Any]) -> str | None:
+    """A plain warning when most of the run was answered by work from before it, so that its
+    figures measure lookups, not processing."""
+    before, submitted = summary["done_before"], summary["submitted"]
+    if not submitted or before["total"] * 2 <= submitted:
+        return None
+    return (f"WARNING: {before['total']:,} of {submitted:,} tasks were answered by work from before "
+            f"this run (cache hit {before['hit']:,},\n  coalesced {before['coalesced']:,}, existing id "
+            f"{before['existing']:,}): the figures above measure lookups, not processing. To measure\n"
+            "  processing, run with --no-cache (make load-test ARGS=--no-cache) or a --seed not used before.")
+
+
 def summarize(report: LoadReport) -> dict[str, Any]:
     tasks = report.tasks
     outcomes = Counter(t.outcome for t in tasks)
@@ -742,6 +783,7 @@ def summarize(report: LoadReport) -> dict[str, Any]:
                    "unexpected": len(failed) - expected},
         "cache": {**{name: cache.get(name, 0) for name in CACHE_OUTCOMES},
                   **{k: v for k, v in cache.items() if k not in CACHE_OUTCOMES}},
+        "done_before": done_before(accepted),
         "workers": dict(sorted(Counter(worker_label(t) for t in final).items())),
         "not_ended": sum(outcomes.get(name, 0) for name in NOT_ENDED),
         "problems": problems,
@@ -826,8 +868,13 @@ def format_summary(report: LoadReport, summary: dict[str, Any] | None = None) ->
         lines.append(f"  ! task {problem['index']} ({problem['type']}, id {problem['task_id']}): "
                      f"{problem['outcome']}: {(problem['error'] or '')[:120]}")
     lines.append("")
+    warning = reuse_warning(s)
+    if warning:
+        lines += [warning, ""]
+    before = s["done_before"]["total"]
     if s["ok"]:
-        lines.append(f"OK: all {s['tasks']:,} tasks ended in {s['elapsed_s']:.1f} s")
+        lines.append(f"OK: all {s['tasks']:,} tasks ended in {s['elapsed_s']:.1f} s"
+                     + (f" ({before:,} answered by work from before this run)" if before else ""))
     else:
         lines.append(f"FAILED: {s['not_ended']:,} of {s['tasks']:,} tasks lost or not ended by the deadline")
     return "\n".join(lines)

@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import threading
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +18,8 @@ from aiohttp import web
 
 from bench import loadgen, report
 from bench.loadgen import LoadReport, RequestSample, TaskOutcome
+
+ROOT = Path(__file__).parents[2]
 
 # Percentiles --------------------------------------------------------------------------------------
 
@@ -159,7 +165,7 @@ class FakeSystem:
     after submission (`delays` by type), type fail ends failed, tasks of `forget_type` are never
     stored (lost), type bad is refused (400), the first `busy` posts get 503. A task seen before and
     ended is a cache hit, final at once; one seen before and not ended is coalesced: it ends with
-    the first."""
+    the first. A task with "cache": false is a bypass: computed, and never cached."""
 
     def __init__(self, delay: float = 0.05, busy: int = 0, forget_type: str | None = None,
                  delays: dict[str, float] | None = None) -> None:
@@ -171,6 +177,7 @@ class FakeSystem:
         self.events: dict[str, asyncio.Event] = {}
         self.posts = 0
         self.batch_sizes: list[int] = []
+        self.cache_flags: list[Any] = []  # the "cache" of every task received (True when absent)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -189,10 +196,14 @@ class FakeSystem:
         for item in items:
             if item.get("type") == "bad":
                 return web.json_response({"error": {"code": "unknown_type"}}, status=400)
+            self.cache_flags.append(item.get("cache", True))
             task_id = str(uuid.uuid4())
-            key = json.dumps(item, sort_keys=True)
-            cache = "hit" if self.ended.get(key) else "coalesced" if key in self.ended else "miss"
-            self.ended.setdefault(key, False)
+            key: str | None = json.dumps({k: v for k, v in item.items() if k != "cache"}, sort_keys=True)
+            if item.get("cache") is False:  # computed, and neither coalesced nor cached
+                cache, key = "bypass", None
+            else:
+                cache = "hit" if self.ended.get(key) else "coalesced" if key in self.ended else "miss"
+                self.ended.setdefault(key, False)
             if item.get("type") != self.forget_type:
                 self.records[task_id] = {"task_id": task_id, "status": "queued", "submitted_at": 1000}
                 self.events[task_id] = asyncio.Event()
@@ -208,10 +219,11 @@ class FakeSystem:
                             "result_url": f"/results/{task_id}"})
         return web.json_response({"tasks": replies} if "tasks" in body else replies[0], status=202)
 
-    def finish(self, task_id: str, kind: str, key: str) -> None:
-        self.ended[key] = True
-        for follower in self.followers.pop(key, []):
-            self.finish(follower, kind, key)
+    def finish(self, task_id: str, kind: str, key: str | None) -> None:
+        if key is not None:
+            self.ended[key] = True
+            for follower in self.followers.pop(key, []):
+                self.finish(follower, kind, key)
         failed = kind == "fail"
         self.records[task_id].update(status="failed" if failed else "succeeded", worker_id="w-0",
                                      finished_at=1040, **({"error": "as requested"} if failed else {}))
@@ -335,3 +347,100 @@ def test_the_same_work_as_a_task_seen_final_is_fetched_at_once() -> None:
     assert summary["requests"]["quick_same_work"] == 1
     # The one long-poll slot moves on to the 2.5 s sleeps; the copy does not wait behind them.
     assert result.tasks[-1].latency is not None and result.tasks[-1].latency < 1.5
+
+
+# Work from before the run -------------------------------------------------------------------------
+
+def _answered(cache: str | None, index: int, same_as: int) -> TaskOutcome:
+    return TaskOutcome(index, "hash", 1, "succeeded", f"id{index}", index, 0.0, 0.01, cache, "succeeded",
+                       0.02, same_as=same_as)
+
+
+def _report(tasks: list[TaskOutcome]) -> LoadReport:
+    return LoadReport({"tasks": len(tasks), "producer": "http://p/", "results": "http://r/", "concurrency": 1,
+                       "poll_concurrency": 1, "batch": 1, "rate": None, "deadline_s": 10.0},
+                      started_at=1.0, elapsed=1.0, tasks=tasks, requests=[])
+
+
+def test_tasks_answered_by_work_from_before_the_run_are_counted() -> None:
+    # Group 0: computed in the run (its miss came after the repeat's coalescing: order does not
+    # matter). Group 2: all hits, so from before. Group 4: an id that existed. Group 5: a bypass.
+    tasks = [_answered("coalesced", 0, 0), _answered("miss", 1, 0), _answered("hit", 2, 2),
+             _answered("hit", 3, 2), _answered("existing", 4, 4), _answered("bypass", 5, 5)]
+    summary = _report(tasks).summary()
+    assert summary["done_before"] == {"total": 3, "hit": 2, "coalesced": 0, "existing": 1}
+    assert loadgen.reuse_warning(summary) is None  # 3 of 6 is not most of the run
+    text = loadgen.format_summary(_report(tasks), summary)
+    assert "WARNING" not in text
+    assert "OK: all 6 tasks ended in 1.0 s (3 answered by work from before this run)" in text
+
+    mostly_cached = [*tasks, _answered("hit", 6, 6)]
+    summary = _report(mostly_cached).summary()
+    assert summary["done_before"]["total"] == 4
+    warning = loadgen.reuse_warning(summary)
+    assert warning is not None
+    assert warning.startswith("WARNING: 4 of 7 tasks were answered by work from before this run")
+    assert "--no-cache" in warning and "--seed" in warning
+    assert warning in loadgen.format_summary(_report(mostly_cached), summary)
+    # A system that reports no cache outcome is never said to have done nothing.
+    assert _report([_answered(None, 0, 0)]).summary()["done_before"]["total"] == 0
+
+
+def test_a_second_run_of_the_same_tasks_is_flagged_and_no_cache_computes_them_all() -> None:
+    tasks = loadgen.make_tasks(60, seed=11, repeat_share=0.2)
+    system = FakeSystem(delay=0.01)
+    first = asyncio.run(_drive(system, tasks, concurrency=4, deadline=20)).summary()
+    assert first["ok"] and first["done_before"]["total"] == 0 and loadgen.reuse_warning(first) is None
+    again = asyncio.run(_drive(system, tasks, concurrency=4, deadline=20))
+    summary = again.summary()
+    assert summary["ok"] and summary["cache"]["hit"] == 60 and summary["done_before"]["hit"] == 60
+    text = loadgen.format_summary(again)
+    assert "WARNING: 60 of 60 tasks were answered by work from before this run" in text
+    uncached = asyncio.run(_drive(system, [{**t, "cache": False} for t in tasks], concurrency=4, deadline=20))
+    summary = uncached.summary()
+    assert summary["ok"] and summary["cache"]["bypass"] == 60 and summary["done_before"]["total"] == 0
+
+
+@contextlib.contextmanager
+def served(system: FakeSystem) -> Iterator[str]:
+    """The fake system on a port of its own, its event loop in a thread, for another process."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner = web.AppRunner(system.app())
+
+    async def start() -> int:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_make_load_test_passes_its_options_on() -> None:
+    system = FakeSystem(delay=0.01)
+    with served(system) as url:
+        def make_load_test(args: str) -> str:
+            # -o: the venv and services are taken as they are; what is tested is the recipe.
+            done = subprocess.run(["make", "-s", "-o", "venv", "-o", "services", "load-test",
+                                   f"ARGS={args} --producer {url} --results {url} --unsigned --no-report "
+                                   "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+            return done.stdout
+
+        uncached = make_load_test("-n 40 --seed 5 --no-cache")
+        assert system.cache_flags == [False] * 40
+        assert "load test: 40 tasks (seed 5, 20% repeats, no cache)" in uncached
+        assert "bypass 40" in uncached and "WARNING" not in uncached
+        make_load_test("-n 40 --seed 5")
+        assert "WARNING: 40 of 40 tasks were answered by work from before this run" in make_load_test(
+            "-n 40 --seed 5")
+        assert "WARNING" not in make_load_test("-n 40 --seed 6")
