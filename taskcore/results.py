@@ -8,7 +8,13 @@ and dead-letter good results.
 A poison message must not cost the others either: one that is not a result, or a result whose
 storing fails whatever the wait (a script error on a corrupted record), is dead-lettered on its
 own (to results.dead, counted in GET /stats) and the rest of the batch is stored. Failing the
-batch for it would have the broker dead-letter the whole batch, good results with it."""
+batch for it would have the broker dead-letter the whole batch, good results with it.
+
+A result for a task id without a record is dropped with a log line, not stored (which would make a
+record nobody submitted) and not dead-lettered: it is no poison (storing it cannot fail, and
+delivering it again cannot help) but a late result after its record expired or was removed, or one
+from a worker of a wiped namespace, and results.dead is for what an operator must look at. See
+scripts.COMPLETE for the one case it still serves (followers waiting on an id whose record is gone)."""
 
 from __future__ import annotations
 
@@ -60,11 +66,12 @@ def store_batch(store: TaskStore, event: dict[str, Any], remaining_ms: Callable[
     invocation's time left) allows, then raises; dead-letters poison messages one by one."""
     results, unreadable = read_batch(event)
     poison = [(body, f"unreadable: {reason}") for body, reason in unreadable]
-    attempts, outcomes = 0, []
+    attempts, outcomes = 0, []  # outcomes: (result, "completed"|"duplicate"|"unknown"...)
     while results:
         attempts += 1
         try:
-            outcomes = store.complete([result for result, _ in results])
+            outcomes = list(zip([result for result, _ in results],
+                                store.complete([result for result, _ in results]), strict=True))
             break
         except TRANSIENT as error:
             pause = RETRY_PAUSES[min(attempts, len(RETRY_PAUSES)) - 1]
@@ -77,7 +84,7 @@ def store_batch(store: TaskStore, event: dict[str, Any], remaining_ms: Callable[
             outcomes = []
             for result, body in results:
                 try:
-                    outcomes += store.complete([result])
+                    outcomes += [(result, outcome) for outcome in store.complete([result])]
                 except redis.ResponseError as error:
                     poison.append((body, f"cannot be stored: {error}"))
             break
@@ -85,5 +92,12 @@ def store_batch(store: TaskStore, event: dict[str, Any], remaining_ms: Callable[
         for body, reason in poison:
             log.error("poison result message dead-lettered: %s: %r", reason, body[:200])
         dead_letter([(body, "") for body, _ in poison])
-    return {"stored": outcomes.count("completed"), "duplicates": outcomes.count("duplicate"),
-            "dead_lettered": len(poison), "attempts": attempts}
+    unknown = [(result, outcome) for result, outcome in outcomes if outcome.startswith("unknown")]
+    for result, outcome in unknown:
+        log.warning("result for unknown task %s dropped (no record: never admitted here, or expired "
+                    "or removed)%s: %s from %s, attempt %d", result.task_id,
+                    "; its followers got it" if outcome == "unknown_leader" else "", result.status,
+                    result.worker_id or "?", result.attempt)
+    done = [outcome for _, outcome in outcomes]
+    return {"stored": done.count("completed"), "duplicates": done.count("duplicate"),
+            "unknown": len(unknown), "dead_lettered": len(poison), "attempts": attempts}

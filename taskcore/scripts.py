@@ -208,11 +208,30 @@ return removed
 # The task is the fingerprint's leader if it was admitted as a cache "miss" or still holds
 # inflight:<fp>; only a leader fills result:<fp> (on success; a "bypass" task never writes the
 # cache) and resolves followers:<fp> with its own outcome. Long-pollers are woken through
-# done:<id> (LPUSH, TTL done_ttl). Returns JSON: ["completed"|"duplicate", ...] in input order.
+# done:<id> (LPUSH, TTL done_ttl).
+# A result for an id without a record creates none ("unknown"): the id was never admitted here, or
+# its record is gone (RESULT_TTL after the task's time limits, or removed), and nobody can read it.
+# A cache hit and a coalesced follower never have a result of their own (no worker runs them).
+# Only if that id still holds inflight:<fp> (its record was deleted, not expired: a record outlives
+# its claim) may followers wait on it: they and the cache get the result ("unknown_leader").
+# Returns JSON: ["completed"|"duplicate"|"unknown"|"unknown_leader", ...] in input order.
 COMPLETE = _FINISH + """
 local prefix, cache_ttl, result_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local done_ttl, minute, n = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local out = {}
+
+local function lead(fp, status, result, outcome)
+  if status == 'succeeded' then redis.call('SET', prefix .. 'result:' .. fp, result, 'EX', cache_ttl) end
+  local fkey = prefix .. 'followers:' .. fp
+  for _, follower in ipairs(redis.call('SMEMBERS', fkey)) do
+    local prev = redis.call('HGET', prefix .. 'task:' .. follower, 'status')
+    if prev and not is_final(prev) then
+      finish(prefix, follower, prev, outcome, result_ttl, done_ttl, minute)
+    end
+  end
+  redis.call('DEL', fkey)
+end
+
 for i = 0, n - 1 do
   local b = 7 + i * 9
   local id, fp, status, result, err = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
@@ -225,22 +244,22 @@ for i = 0, n - 1 do
   end
   local tkey = prefix .. 'task:' .. id
   local rec = redis.call('HMGET', tkey, 'status', 'cache')
+  local ikey = prefix .. 'inflight:' .. fp
   if is_final(rec[1]) then
     out[#out + 1] = 'duplicate'
+  elseif not rec[1] then
+    if redis.call('GET', ikey) == id then
+      lead(fp, status, result, outcome)
+      redis.call('DEL', ikey)
+      out[#out + 1] = 'unknown_leader'
+    else
+      out[#out + 1] = 'unknown'
+    end
   else
     finish(prefix, id, rec[1], outcome, result_ttl, done_ttl, minute)
-    local ikey = prefix .. 'inflight:' .. fp
     local holder = redis.call('GET', ikey)
     if rec[2] == 'miss' or holder == id then
-      if status == 'succeeded' then redis.call('SET', prefix .. 'result:' .. fp, result, 'EX', cache_ttl) end
-      local fkey = prefix .. 'followers:' .. fp
-      for _, follower in ipairs(redis.call('SMEMBERS', fkey)) do
-        local prev = redis.call('HGET', prefix .. 'task:' .. follower, 'status')
-        if prev and not is_final(prev) then
-          finish(prefix, follower, prev, outcome, result_ttl, done_ttl, minute)
-        end
-      end
-      redis.call('DEL', fkey)
+      lead(fp, status, result, outcome)
       if holder == id then redis.call('DEL', ikey) end
     end
     out[#out + 1] = 'completed'

@@ -82,7 +82,8 @@ class TaskStorage(Protocol):
         ...
 
     def complete(self, results: Sequence[TaskResult], now: int) -> list[str]:
-        """Stores results with their followers, idempotently: "completed" or "duplicate" each."""
+        """Stores results with their followers, idempotently: "completed", "duplicate", or
+        "unknown" / "unknown_leader" (no record: nothing stored, see scripts.COMPLETE) each."""
         ...
 
     def mark_running(self, task_id: str, worker_id: str, attempt: int, started_at: int,
