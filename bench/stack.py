@@ -111,7 +111,7 @@ def start_host(template: Path, run_dir: Path, overrides: dict[str, str] | None =
         command += ["--parameter-overrides", f"{key}={value}"]
     with open(console_path, "wb") as console:
         process = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, cwd=ROOT,
-                                   env={**os.environ, **(env or {})}, preexec_fn=_terminated_with_parent)
+                                   env={**os.environ, **(env or {})}, preexec_fn=terminated_with_parent)
     deadline = time.monotonic() + timeout
     while not (run_dir / "state.json").exists():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -286,13 +286,13 @@ def launch_fleet(env: dict[str, str], workers: int, fleet_log: Path, append: boo
     with open(fleet_log, "ab" if append else "wb") as log:
         return subprocess.Popen([sys.executable, "-m", "worker_fleet", "--workers", str(workers),
                                  "--concurrency", str(concurrency)], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, preexec_fn=_terminated_with_parent)
+                                stderr=subprocess.STDOUT, preexec_fn=terminated_with_parent)
 
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _terminated_with_parent() -> None:
+def terminated_with_parent() -> None:
     """In the child before exec: SIGTERM when the process that started it dies, even by SIGKILL, so
     a killed test or benchmark leaves no host or fleet consuming from a namespace the next run's
     sweep removes. (Linux; the signal comes when the starting thread ends: start stacks from the

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from bench.stack import (
     RunningHost,
     cleanup,
     http,
+    new_namespace,
     stack_credentials,
     start_host,
 )
@@ -31,7 +31,7 @@ from tests.taskfaas.conftest import CliRunner, runner, stack_env
 def iam_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningHost, Path]]:
     """The functions alone (no workers: tasks wait queued) with ProducerAuthType AWS_IAM."""
     run_dir = tmp_path_factory.mktemp("cli-iam")
-    namespace = f"cliiam{uuid.uuid4().hex[:8]}."
+    namespace = new_namespace("cliiam")  # owned by this run (a killed run's is swept by the next)
     env = {**os.environ, "NAMESPACE": namespace, "RABBITMQ_URL": RABBITMQ_URL, "REDIS_URL": REDIS_URL}
     subprocess.run([sys.executable, "infra/declare_topology.py"], cwd=ROOT, env=env, check=True,
                    capture_output=True)

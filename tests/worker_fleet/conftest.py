@@ -19,7 +19,7 @@ import pika.exceptions
 import pytest
 import redis
 
-from bench.stack import eventually, new_namespace
+from bench.stack import eventually, new_namespace, terminated_with_parent
 from taskcore.broker import Publisher, declare_topology
 from taskcore.keys import Keys, routing_key_for
 from taskcore.messages import Task, TaskResult, validate_task
@@ -36,8 +36,10 @@ class Fleet:
     def __init__(self, env: dict[str, str], log_path: Path, args: list[str]) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
+        # SIGTERM when the test run dies: no fleet outlives it on a namespace the next run sweeps.
         self.process = subprocess.Popen([sys.executable, "-m", "worker_fleet", *args], env=env, cwd=ROOT,
-                                        stdout=self._log, stderr=subprocess.STDOUT)
+                                        stdout=self._log, stderr=subprocess.STDOUT,
+                                        preexec_fn=terminated_with_parent)
 
     def events(self, event: str | None = None, **match: Any) -> list[dict[str, Any]]:
         found = []
