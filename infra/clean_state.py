@@ -195,10 +195,11 @@ class Namespace:
             since = time.strftime("%Y-%m-%d %H:%M", time.localtime(owner.get("started") or 0))
             return True, f"its owner, pid {owner.get('pid')} (from {since}), is gone"
         consumers = sum(queue.consumers for queue in self.queues)
+        running = "" if self.name else " (stop `make run` first)"
         if consumers:
-            return False, f"in use: {consumers} consumer(s) on its queues"
+            return False, f"in use: {consumers} consumer(s) on its queues{running}"
         if self.heartbeat_age is not None and self.heartbeat_age < LIVE_HEARTBEAT_S:
-            return False, f"in use: a worker beat {self.heartbeat_age:.0f} s ago"
+            return False, f"in use: a worker beat {self.heartbeat_age:.0f} s ago{running}"
         return True, "the default stack's, idle" if not self.name else "no owner recorded, idle"
 
 
