@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if input(f"Remove {what}? [y/N] ").strip().lower() not in ("y", "yes"):
             print("nothing removed")
-            return 1
+            return 0  # the answer asked for, not a failure (make would say "Error 1")
     for space in doomed:
         remove(services, space)
     print(f"removed {what}")
