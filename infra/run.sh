@@ -70,6 +70,9 @@ The supervisor's URL takes SigV4-signed calls only (AuthType AWS_IAM); curl sign
   (the key pair is infra/local.env's: set -a; . infra/local.env; set +a)
   curl signs the path as written, SigV4 for Lambda encodes it once more: a path with a
   %-escape or a ':' (task ids may hold one) gets 403 from curl; use taskfaas or botocore.
+The command-line client signs for you (README, Command-line client):
+  .venv/bin/taskfaas submit primes --payload '{"n": 50000}' --wait 30
+  .venv/bin/taskfaas workers ; .venv/bin/taskfaas stats ; .venv/bin/taskfaas tail
 localfaas's own commands (in .venv/bin, like every command the project installs):
   .venv/bin/localfaas status       # functions, environments, the results queue's mapping
   .venv/bin/localfaas invoke Producer --payload @docs/examples/produce-event.json
