@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 import redis  # noqa: E402
 
 from bench import loadgen, memory  # noqa: E402
-from bench.stack import REDIS_URL, Stack, start_stack, stop_stack  # noqa: E402
+from taskfaas.stack import REDIS_URL, Stack, start_stack, stop_stack  # noqa: E402
 
 REPORTS = ROOT / "bench" / "reports"
 ITEMS = ("ours", "celery", "dramatiq", "cache", "scaling", "memory")

@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 
 from bench import loadgen  # noqa: E402
 from bench.compare import light_tasks  # noqa: E402
-from bench.stack import Stack, start_stack, stop_stack  # noqa: E402
+from taskfaas.stack import Stack, start_stack, stop_stack  # noqa: E402
 
 REPORTS = ROOT / "bench" / "reports"
 FAIL_SHARE = 0.02  # tasks of type fail: they must end failed, with their reason

@@ -10,7 +10,7 @@ import time
 import redis
 
 from bench import compare, memory
-from bench.stack import REDIS_URL
+from taskfaas.stack import REDIS_URL
 
 
 def test_light_tasks_are_distinct_valid_submissions() -> None:

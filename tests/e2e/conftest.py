@@ -1,5 +1,5 @@
 """The whole system, for real: localfaas running template.yaml, the worker fleet, RabbitMQ and
-Redis, all in a namespace of the test run's own that is removed afterwards (see bench/stack.py)."""
+Redis, all in a namespace of the test run's own that is removed afterwards (see taskfaas/stack.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.stack import Stack, start_stack, stop_stack
+from taskfaas.stack import Stack, start_stack, stop_stack
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bench.stack import Stack
+from taskfaas.stack import Stack
 
 EXAMPLES = "docs/examples"
 

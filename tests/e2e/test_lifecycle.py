@@ -21,10 +21,10 @@ import pika
 import pytest
 import redis
 
-from bench.stack import RABBITMQ_URL, REDIS_URL, Stack, eventually, start_stack, stop_stack
 from taskcore import work
 from taskcore.keys import Keys
 from taskcore.messages import fingerprint
+from taskfaas.stack import RABBITMQ_URL, REDIS_URL, Stack, eventually, start_stack, stop_stack
 
 FINAL = ("succeeded", "failed")
 # Short lives for the stack shared by the tests below that need them (fleet and functions alike).

@@ -14,8 +14,8 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from bench.stack import Stack, start_stack, stop_stack
 from taskcore.signing import Signer
+from taskfaas.stack import Stack, start_stack, stop_stack
 
 ROOT = Path(__file__).parents[2]
 schema = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.yaml")

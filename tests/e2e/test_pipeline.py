@@ -13,7 +13,10 @@ from pathlib import Path
 
 import redis
 
-from bench.stack import (
+from taskcore import work
+from taskcore.messages import fingerprint
+from taskcore.signing import Signer
+from taskfaas.stack import (
     RABBITMQ_URL,
     REDIS_URL,
     ROOT,
@@ -24,9 +27,6 @@ from bench.stack import (
     stack_credentials,
     start_host,
 )
-from taskcore import work
-from taskcore.messages import fingerprint
-from taskcore.signing import Signer
 
 
 def expected_result(task: dict) -> object:

@@ -38,7 +38,7 @@ import pika.exceptions
 import pytest
 import redis
 
-from bench.stack import Stack, start_stack, stop_stack
+from taskfaas.stack import Stack, start_stack, stop_stack
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")  # the scripts themselves, not /usr/sbin's su wrappers
 BOOT_TIMEOUT = 60.0
@@ -176,7 +176,7 @@ class PrivateRabbitMQ:
 
     @property
     def rabbitmqctl(self) -> tuple[str, ...]:
-        """The command reaching this node (for bench.stack's cleanup too)."""
+        """The command reaching this node (for taskfaas.stack's cleanup too)."""
         return ("env", f"HOME={self.directory}", str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node)
 
     def start(self) -> float:

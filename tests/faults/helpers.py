@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any
 
-from bench.stack import Stack
+from taskfaas.stack import Stack
 
 FINAL = ("succeeded", "failed")
 

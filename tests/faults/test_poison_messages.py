@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import pika
 
-from bench.stack import eventually
 from taskcore import keys as names
 from taskcore.keys import Keys
+from taskfaas.stack import eventually
 from tests.faults.conftest import REPORT, Faults
 from tests.faults.helpers import mapping_status, new_id, sleep_task, unique_seconds
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from bench.stack import eventually
 from taskcore.keys import Keys
 from taskcore.messages import fingerprint
+from taskfaas.stack import eventually
 from tests.faults.conftest import REPORT, Faults
 from tests.faults.helpers import final_records, mapping_status, new_id, sleep_task, unique_seconds
 

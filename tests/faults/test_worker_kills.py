@@ -15,8 +15,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.stack import eventually
 from taskcore.keys import Keys
+from taskfaas.stack import eventually
 from tests.faults.conftest import REPORT, Faults
 from tests.faults.helpers import final_records, new_id, sleep_task, unique_seconds
 

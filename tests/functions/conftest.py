@@ -1,5 +1,5 @@
 """The functions' tests that need the real stack: template.yaml under localfaas, RabbitMQ and Redis,
-in a namespace of their own that is removed afterwards (bench/stack.py). No workers: these tests
+in a namespace of their own that is removed afterwards (taskfaas/stack.py). No workers: these tests
 check what the functions answer, and admitted tasks wait in their queues until the cleanup."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.stack import Stack, start_stack, stop_stack
+from taskfaas.stack import Stack, start_stack, stop_stack
 
 
 @pytest.fixture(scope="session")

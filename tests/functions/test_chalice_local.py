@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.stack import Stack, http
 from localfaas.template import read_env_file
+from taskfaas.stack import Stack, http
 
 ROOT = Path(__file__).parents[2]
 CHALICE = Path(sys.executable).parent / "chalice"  # the virtualenv's, .venv/bin/chalice

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from bench.stack import Stack, http
 from localfaas.urls import MAX_PAYLOAD_BYTES
+from taskfaas.stack import Stack, http
 
 JSON = {"Content-Type": "application/json"}
 

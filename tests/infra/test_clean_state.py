@@ -21,12 +21,12 @@ import pika.exceptions
 import pytest
 import redis
 
-from bench.stack import RABBITMQ_URL, cleanup, eventually
 from infra import clean_state
 from infra.clean_state import Services
 from taskcore.broker import declare_topology
 from taskcore.keys import Keys, namespace_of
 from taskcore.settings import Settings
+from taskfaas.stack import RABBITMQ_URL, cleanup, eventually
 
 ROOT = Path(__file__).parents[2]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.stack import RunningHost, start_host
+from taskfaas.stack import RunningHost, start_host
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parents[2]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.stack import RunningHost, http, start_host
+from taskfaas.stack import RunningHost, http, start_host
 from tests.localfaas.conftest import FIXTURES
 
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bench.stack import RunningHost, http, start_host
+from taskfaas.stack import RunningHost, http, start_host
 from tests.localfaas.conftest import FIXTURES
 
 ALLOWED = "https://allowed.example"

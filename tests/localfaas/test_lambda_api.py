@@ -24,7 +24,7 @@ from botocore.config import Config
 from localstack_client.session import Session as LocalstackClientSession
 from pytest_localstack.session import RunningSession
 
-from bench.stack import RABBITMQ_URL, eventually, http
+from taskfaas.stack import RABBITMQ_URL, eventually, http
 from tests.localfaas.conftest import FIXTURES, RunningHost, start_host
 
 FUNCTIONS = {"Echo", "Behave", "Capped", "Web", "Big", "Broken"}

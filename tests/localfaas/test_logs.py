@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.stack import RunningHost, eventually
 from localfaas.logs import LogSink
+from taskfaas.stack import RunningHost, eventually
 
 Console = Callable[..., RunningHost]  # the `localfaas` fixture (conftest.py)
 

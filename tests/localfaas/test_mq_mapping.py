@@ -19,11 +19,11 @@ from urllib.parse import unquote, urlsplit
 import pika
 import pytest
 
-from bench.stack import RABBITMQ_URL, eventually
 from localfaas.invocation import Outcome
 from localfaas.logs import LogSink
 from localfaas.mq import MqMapping
 from localfaas.template import MqEvent
+from taskfaas.stack import RABBITMQ_URL, eventually
 
 BROKER_URL = RABBITMQ_URL
 # RabbitMQ checks a message's user_id against the user that published it.

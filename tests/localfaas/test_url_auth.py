@@ -11,7 +11,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from bench.stack import RunningHost, http, start_host
+from taskfaas.stack import RunningHost, http, start_host
 from tests.localfaas.conftest import FIXTURES
 
 KEY, SECRET = "AKIDLOCALTEST", "local-test-secret"

@@ -12,12 +12,13 @@ import pika.exceptions
 import pytest
 import redis
 
-# The stack's own users under `make test`.
-from bench.stack import RABBITMQ_URL, REDIS_URL, new_namespace
 from taskcore.broker import Publisher, connection_parameters
 from taskcore.keys import Keys
 from taskcore.settings import Settings
 from taskcore.store import TaskStore
+
+# The stack's own users under `make test`.
+from taskfaas.stack import RABBITMQ_URL, REDIS_URL, new_namespace
 
 CLOSED_PORT_AMQP = "amqp://guest:guest@127.0.0.1:1/%2F"
 CLOSED_PORT_REDIS = "redis://127.0.0.1:1/0"

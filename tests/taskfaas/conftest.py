@@ -1,4 +1,4 @@
-"""A running stack (bench/stack.py, a namespace of its own, 2 workers) and the real
+"""A running stack (taskfaas/stack.py, a namespace of its own, 2 workers) and the real
 `.venv/bin/taskfaas` run against it as a subprocess, with the stack's own credentials."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bench.stack import ROOT, Stack, start_stack, stop_stack
+from taskfaas.stack import ROOT, Stack, start_stack, stop_stack
 
 TASKFAAS = ROOT / ".venv" / "bin" / "taskfaas"
 

@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.stack import Stack, eventually, http
+from taskfaas.stack import Stack, eventually, http
 from tests.taskfaas.conftest import TASKFAAS, CliRunner, runner
 
 PRIMES_BELOW_50000 = 5133

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.stack import (
+from taskfaas.client import credentials
+from taskfaas.stack import (
     RABBITMQ_URL,
     REDIS_URL,
     ROOT,
@@ -23,7 +24,6 @@ from bench.stack import (
     stack_credentials,
     start_host,
 )
-from taskfaas.client import credentials
 from tests.taskfaas.conftest import CliRunner, runner, stack_env
 
 

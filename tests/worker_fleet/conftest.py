@@ -19,12 +19,12 @@ import pika.exceptions
 import pytest
 import redis
 
-from bench.stack import eventually, new_namespace, terminated_with_parent
 from taskcore.broker import Publisher, declare_topology
 from taskcore.keys import Keys, routing_key_for
 from taskcore.messages import Task, TaskResult, validate_task
 from taskcore.settings import Settings
 from taskcore.store import TaskStore, now_ms
+from taskfaas.stack import eventually, new_namespace, terminated_with_parent
 from worker_fleet import retries
 
 ROOT = Path(__file__).parents[2]

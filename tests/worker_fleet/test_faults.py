@@ -11,9 +11,9 @@ from pathlib import Path
 
 import redis
 
-from bench.stack import eventually
 from taskcore.messages import Task, validate_task
 from taskcore.store import now_ms
+from taskfaas.stack import eventually
 from tests.worker_fleet.conftest import Env
 
 

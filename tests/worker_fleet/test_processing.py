@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import time
 
-from bench.stack import eventually
 from taskcore import registry
 from taskcore.store import now_ms
+from taskfaas.stack import eventually
 from tests.worker_fleet.conftest import Env
 
 

@@ -4,7 +4,15 @@ worker fleet, RabbitMQ and Redis in a namespace of its own that `stop_stack` rem
 
 Every namespace made here (`new_namespace`, also for the tests that need no stack) records its owner,
 this process, so that if the run is killed the next one removes what it left (infra/clean_state.py).
-The host and the fleet get SIGTERM when this process dies, so that none outlives it."""
+The host and the fleet get SIGTERM when this process dies, so that none outlives it.
+
+Why here, in the client package: the tests and the benchmarks both start stacks with it, so it
+belongs to neither (tests/ importing bench/ made bench a library; bench/ importing a tests/ package
+would make the tests one). localfaas.testing would not do either: this harness starts the worker
+fleet and signs with taskcore's Signer, and localfaas knows nothing of tasks. taskfaas/ is the
+project's tooling around a running stack (its command-line client): starting one belongs with it.
+Like `make run`, it needs the checkout (template.yaml, infra/), which ROOT points at; nothing in
+the client imports it, so `taskfaas` the command does not pay for it."""
 
 from __future__ import annotations
 
