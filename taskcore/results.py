@@ -26,13 +26,12 @@ from typing import Any
 
 import redis
 
+from taskcore.backoff import REDIS_RETRY
 from taskcore.messages import MessageError, TaskResult
 from taskcore.store import TaskStore
 
 log = logging.getLogger("taskcore.results")
 
-# Pauses between attempts while Redis is unreachable; the last one repeats.
-RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0)
 # Stop retrying with this much of the invocation left, so the failure is reported before the timeout.
 MARGIN_MS = 3000
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
@@ -74,7 +73,7 @@ def store_batch(store: TaskStore, event: dict[str, Any], remaining_ms: Callable[
                                 store.complete([result for result, _ in results]), strict=True))
             break
         except TRANSIENT as error:
-            pause = RETRY_PAUSES[min(attempts, len(RETRY_PAUSES)) - 1]
+            pause = REDIS_RETRY.pause(attempts)
             if remaining_ms() - pause * 1000 < MARGIN_MS:
                 raise
             log.warning("Redis unreachable (%r); storing the batch again in %.1f s", error, pause)

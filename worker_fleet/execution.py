@@ -14,21 +14,22 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from taskcore import registry, work
+from taskcore.backoff import REDIS_RETRY
 from taskcore.messages import Task
 from taskcore.settings import Settings
 from taskcore.store import TaskStore, now_ms
 from worker_fleet.logs import log
 
-# mark_running is retried this often (with these pauses) before the attempt runs without it: the
-# record is bookkeeping, the message is the source of truth, and the result handler needs Redis anyway.
-MARK_RUNNING_PAUSES = (0.2, 0.5, 1.0, 2.0)
+# mark_running is tried this often (REDIS_RETRY's pauses between, ~4 s in all) before the attempt runs
+# without it: the record is bookkeeping, the message is the source of truth, and the result handler
+# needs Redis anyway.
+MARK_RUNNING_TRIES = 5
 
 
 class Cancelled(Exception):
@@ -94,16 +95,14 @@ def _pause(seconds: float, cancel: threading.Event) -> None:
 
 
 def _mark_running(task: Task, worker_id: str, attempt: int, started: int, store: TaskStore) -> str:
-    for pause in (*MARK_RUNNING_PAUSES, None):
-        try:
-            return store.mark_running(task.task_id, worker_id, attempt, started, task.complexity)
-        except redis.RedisError as error:
-            if pause is None:
-                log("redis_unavailable", worker_id=worker_id, task_id=task.task_id, op="mark_running",
-                    error=repr(error))
-                return "unknown"
-            time.sleep(pause)
-    return "unknown"  # pragma: no cover - the loop always returns
+    try:
+        return REDIS_RETRY.call(
+            lambda: store.mark_running(task.task_id, worker_id, attempt, started, task.complexity),
+            redis.RedisError, MARK_RUNNING_TRIES)
+    except redis.RedisError as error:
+        log("redis_unavailable", worker_id=worker_id, task_id=task.task_id, op="mark_running",
+            error=repr(error))
+        return "unknown"
 
 
 def _log_executed(task: Task, worker_id: str, attempt: int, outcome: Outcome) -> None:

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from worker_fleet.backoff import Backoff
+from taskcore.backoff import RECONNECT, Streak
 from worker_fleet.logs import log
 
 # The fleet's size and each worker's concurrency when `python -m worker_fleet` is given none, which
@@ -63,7 +63,8 @@ class Slot:
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     restart_at: float | None = None
-    backoff: Backoff = field(default_factory=lambda: Backoff(first=0.5, cap=10.0))
+    # Restarts of a worker that keeps dying back off as reconnections do.
+    backoff: Streak = field(default_factory=RECONNECT.streak)
 
 
 class Fleet:

@@ -17,21 +17,15 @@ import dataclasses
 
 from pika.adapters.blocking_connection import BlockingChannel
 
+from taskcore.backoff import task_retry
 from taskcore.keys import SHARED_ROUTING_KEY, Keys
 from taskcore.messages import Task
 from taskcore.settings import Settings
 
-# Longest wait between two attempts, whatever TASK_UNIT_SECONDS is.
-MAX_DELAY_SECONDS = 60.0
-# Shortest base delay: with TASK_UNIT_SECONDS=0 (benchmarks) retries still back off a little.
-MIN_BASE_SECONDS = 0.1
-
 
 def retry_delay_ms(settings: Settings, failed_attempt: int) -> int:
-    """Wait after attempt `failed_attempt` (1-based) failed: base * 2**(attempt-1), capped, where the
-    base is one task unit, so tests with small units retry fast."""
-    base = max(MIN_BASE_SECONDS, settings.task_unit_seconds)
-    return round(min(MAX_DELAY_SECONDS, base * 2 ** (failed_attempt - 1)) * 1000)
+    """Wait after attempt `failed_attempt` (1-based) failed (taskcore.backoff.task_retry)."""
+    return round(task_retry(settings.task_unit_seconds).pause(failed_attempt) * 1000)
 
 
 def retry_delays_ms(settings: Settings) -> list[int]:

@@ -29,13 +29,13 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from taskcore import broker
+from taskcore.backoff import RECONNECT, REPUBLISH
 from taskcore.broker import ConfirmingChannel
 from taskcore.keys import Keys
 from taskcore.messages import MessageError
 from taskcore.settings import Settings
 from taskcore.store import TaskStore, now_ms
 from worker_fleet import retries
-from worker_fleet.backoff import Backoff
 from worker_fleet.execution import Outcome, run_attempt
 from worker_fleet.heartbeat import Heartbeat, Tally
 from worker_fleet.jobs import Job, parse_task
@@ -62,7 +62,7 @@ class Worker:
         # cancel) must not keep the next task from starting.
         self._pool = ThreadPoolExecutor(max_workers=2 * concurrency, thread_name_prefix=f"task-{worker_id}")
         self._stopping = threading.Event()
-        self._backoff = Backoff()
+        self._backoff = RECONNECT.streak()
         self._generation = 0
         self._connection: BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
@@ -306,7 +306,7 @@ class Worker:
         after redeclaring the topology in case a queue was deleted under us. The task stays unacked."""
         job.publish_failures += 1
         self._redeclare = True
-        delay = min(5.0, 0.5 * 2 ** (job.publish_failures - 1))
+        delay = REPUBLISH.pause(job.publish_failures)
         log("publish_failed", worker_id=self.worker_id, task_id=job.task.task_id, verdict=verdict,
             retry_in=delay)
         job.connection.call_later(delay, functools.partial(self._settle, job))

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from taskcore.backoff import MAX_TASK_RETRY_SECONDS
 from taskcore.messages import MessageError, Task, validate_task
 from taskcore.settings import Settings
 from worker_fleet import retries
@@ -19,7 +20,7 @@ def test_retry_delays_double_from_one_task_unit_with_a_floor_and_a_cap() -> None
     assert [retries.retry_delay_ms(fast, n) for n in (1, 2, 3)] == [100, 200, 400]
     normal = Settings(task_unit_seconds=1.0, max_attempts=3)
     assert retries.retry_delays_ms(normal) == [1000, 2000]
-    assert retries.retry_delay_ms(Settings(task_unit_seconds=5.0), 10) == retries.MAX_DELAY_SECONDS * 1000
+    assert retries.retry_delay_ms(Settings(task_unit_seconds=5.0), 10) == MAX_TASK_RETRY_SECONDS * 1000
     assert retries.delay_queue(Settings(namespace="t1:"), 200) == "t1:tasks.retry.200ms"
 
 
