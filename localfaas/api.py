@@ -15,6 +15,14 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from localfaas.aws import (
+    MAX_ASYNC_PAYLOAD_BYTES,
+    MAX_PAYLOAD_BYTES,
+    event_source_mapping_arn,
+    function_arn,
+    layer_arn,
+    role_arn,
+)
 from localfaas.invocation import Invocation
 from localfaas.pool import Throttled
 from localfaas.template import FunctionSpec, MqEvent
@@ -22,9 +30,7 @@ from localfaas.template import FunctionSpec, MqEvent
 if TYPE_CHECKING:
     from localfaas.host import Host
 
-MAX_SYNC_PAYLOAD = 6 * 1024 * 1024
 Route = Callable[[web.BaseRequest, str], Awaitable[web.Response]]
-MAX_ASYNC_PAYLOAD = 1024 * 1024
 
 
 def api_error(status: int, error_type: str, message: str, **extra: Any) -> web.Response:
@@ -41,7 +47,7 @@ def function_configuration(spec: FunctionSpec, code_sha256: str, modified: float
         "FunctionName": spec.name,
         "FunctionArn": spec.arn,
         "Runtime": spec.runtime,
-        "Role": f"arn:aws:iam::{spec.arn.split(':')[4]}:role/{spec.name}-role",
+        "Role": role_arn(f"{spec.name}-role"),
         "Handler": spec.handler,
         "CodeSize": 0,
         "Description": spec.description,
@@ -57,7 +63,7 @@ def function_configuration(spec: FunctionSpec, code_sha256: str, modified: float
         "PackageType": "Zip",
         "Architectures": ["x86_64"],
         "EphemeralStorage": {"Size": 512},
-        "Layers": [{"Arn": f"arn:aws:lambda:{spec.region}:000000000000:layer:{d.name}:1",
+        "Layers": [{"Arn": layer_arn(spec.region, d.name),
                     "CodeSize": 0} for d in spec.layer_dirs],
         "LoggingConfig": {"LogFormat": "Text", "LogGroup": f"/aws/lambda/{spec.name}"},
     }
@@ -68,7 +74,6 @@ def event_source_mapping(spec: FunctionSpec, event: MqEvent, modified: float,
     """An MQ event as EventSourceMappingConfiguration (botocore's lambda service-2.json). The
     UUID is derived from the function and event names, so it is the same for every listing."""
     mapping_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{spec.arn}/events/{event.name}"))
-    account = spec.arn.split(":")[4]
     if status is None:
         result = "No records processed"
     elif not status["connected"] and status["last_error"]:
@@ -88,7 +93,7 @@ def event_source_mapping(spec: FunctionSpec, event: MqEvent, modified: float,
         "Queues": [event.queue],
         # BASIC_AUTH's secret is not used locally (the broker URL setting has the credentials).
         "SourceAccessConfigurations": [{"Type": "VIRTUAL_HOST", "URI": event.virtual_host}],
-        "EventSourceMappingArn": f"arn:aws:lambda:{spec.region}:{account}:event-source-mapping:{mapping_id}",
+        "EventSourceMappingArn": event_source_mapping_arn(spec.region, mapping_id),
     }
 
 
@@ -140,8 +145,7 @@ class LambdaApi:
     def _function(self, name: str) -> FunctionSpec | web.Response:
         spec = self.host.function(name)
         if spec is None:
-            arn = name if name.startswith("arn:") else \
-                f"arn:aws:lambda:{self.host.region}:000000000000:function:{name}"
+            arn = name if name.startswith("arn:") else function_arn(self.host.region, name)
             return api_error(404, "ResourceNotFoundException", f"Function not found: {arn}")
         return spec
 
@@ -164,7 +168,7 @@ class LambdaApi:
             return web.Response(status=204)
         if kind not in ("RequestResponse", "Event"):
             return api_error(400, "InvalidParameterValueException", f"invalid invocation type {kind}")
-        limit = MAX_ASYNC_PAYLOAD if kind == "Event" else MAX_SYNC_PAYLOAD
+        limit = MAX_ASYNC_PAYLOAD_BYTES if kind == "Event" else MAX_PAYLOAD_BYTES
         if len(payload) > limit:
             return api_error(413, "RequestTooLargeException",
                              f"Request must be smaller than {limit} bytes for the InvokeFunction operation")

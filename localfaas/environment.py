@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from localfaas.aws import MAX_RESPONSE_BYTES
 from localfaas.invocation import Invocation, exit_error, report_line, timeout_error
 from localfaas.logs import LogSink, error_summary
 from localfaas.template import FunctionSpec
@@ -207,7 +208,8 @@ class Environment:
         """The runtime exits when its response is refused; Lambda resets such an environment."""
         self.report_error(json.dumps({
             "errorType": "Function.ResponseSizeTooLarge",
-            "errorMessage": "Response payload size exceeded maximum allowed payload size (6291556 bytes).",
+            "errorMessage": "Response payload size exceeded maximum allowed payload size "
+                            f"({MAX_RESPONSE_BYTES} bytes).",
         }).encode())
         self.stop()
 

@@ -15,14 +15,15 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from localfaas.api import MAX_SYNC_PAYLOAD, LambdaApi
+from localfaas.api import LambdaApi
+from localfaas.aws import MAX_PAYLOAD_BYTES
 from localfaas.httpserver import bare_server
 from localfaas.invocation import Invocation, Outcome, new_request_id
 from localfaas.logs import LogSink
 from localfaas.pool import FunctionPool
 from localfaas.runtime_api import RuntimeApi
 from localfaas.template import FunctionSpec, Template, host_settings, load_template, parameter_key
-from localfaas.urls import MAX_PAYLOAD_BYTES, FunctionUrl
+from localfaas.urls import FunctionUrl
 
 
 @dataclass
@@ -94,7 +95,7 @@ class Host:
 
     async def start(self) -> None:
         await self.runtime_api.setup()
-        api = bare_server(LambdaApi(self).handle, MAX_SYNC_PAYLOAD + 1024)
+        api = bare_server(LambdaApi(self).handle, MAX_PAYLOAD_BYTES + 1024)
         api_runner = web.ServerRunner(api, access_log=None, handle_signals=False)
         await api_runner.setup()
         await web.SockSite(api_runner, self._control_socket).start()

@@ -14,6 +14,8 @@ import json
 import socket
 from typing import TYPE_CHECKING
 
+from localfaas.aws import MAX_RESPONSE_BYTES
+
 if TYPE_CHECKING:
     from localfaas.environment import Environment
 
@@ -21,7 +23,6 @@ PREFIX = b"/2018-06-01/runtime"
 _NEXT = PREFIX + b"/invocation/next"
 _INVOCATION = PREFIX + b"/invocation/"
 _INIT_ERROR = PREFIX + b"/init/error"
-MAX_RESPONSE_BYTES = 6 * 1024 * 1024 + 100
 _MAX_HEADER_BYTES = 64 * 1024
 _REASONS = {200: b"OK", 202: b"Accepted", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
             413: b"Payload Too Large", 500: b"Internal Server Error"}
@@ -102,7 +103,7 @@ class _Connection(asyncio.Protocol):
             # does (Function.ResponseSizeTooLarge); one far over it is refused outright.
             if length > 4 * MAX_RESPONSE_BYTES:
                 self._fail(_error(413, "RequestEntityTooLarge",
-                                  "Exceeded maximum allowed payload size (6291556 bytes)."))
+                                  f"Exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes)."))
                 return False
             self.pending = _Request(method, path.split(b"?", 1)[0], headers, b"")
             self.pending_length = length
@@ -158,7 +159,7 @@ class _Connection(asyncio.Protocol):
                 if len(request.body) > MAX_RESPONSE_BYTES:
                     environment.reject_oversized_response()
                     return _error(413, "RequestEntityTooLarge",
-                                  "Exceeded maximum allowed payload size (6291556 bytes).")
+                                  f"Exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes).")
                 content_type = request.headers.get(b"content-type", b"application/json").decode("latin-1")
                 environment.respond(request.body, content_type)
                 return _ACCEPTED_RESPONSE

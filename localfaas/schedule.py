@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from localfaas.template import ACCOUNT_ID, ScheduleEvent
+from localfaas.aws import ACCOUNT_ID, rule_arn
+from localfaas.template import ScheduleEvent
 
 _RATE = re.compile(r"rate\(\s*(\S+)\s+(\S+)\s*\)")
 _CRON = re.compile(r"cron\((.*)\)")
@@ -260,7 +261,7 @@ class Scheduler:
         self.region = region
         self.minute_seconds = minute_seconds
         self.rule_name = f"{function_name}-{event.name}"
-        self.rule_arn = f"arn:aws:events:{region}:{ACCOUNT_ID}:rule/{self.rule_name}"
+        self.rule_arn = rule_arn(region, self.rule_name)
         self.schedule = parse_schedule(event.expression)
 
     def payload(self, scheduled: datetime) -> bytes:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from localfaas.aws import ACCOUNT_ID, function_arn, layer_arn, stack_id
 from localfaas.cfn import NO_VALUE, Intrinsics, TemplateError, load_yaml
 
-ACCOUNT_ID = "000000000000"
 DEFAULT_TIMEOUT = 3
 DEFAULT_MEMORY_MB = 128
 
@@ -99,7 +99,7 @@ class FunctionSpec:
 
     @property
     def arn(self) -> str:
-        return f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:function:{self.name}"
+        return function_arn(self.region, self.name)
 
     def code_sha256(self) -> str:
         """Digest of the code and layers, to tell a changed deployment from an unchanged one."""
@@ -232,7 +232,7 @@ class _TemplateReader:
         pseudo = {
             "AWS::Region": self.region, "AWS::AccountId": ACCOUNT_ID, "AWS::Partition": "aws",
             "AWS::StackName": self.path.parent.name or "localfaas", "AWS::URLSuffix": "amazonaws.com",
-            "AWS::StackId": f"arn:aws:cloudformation:{self.region}:{ACCOUNT_ID}:stack/localfaas/local",
+            "AWS::StackId": stack_id(self.region, "localfaas"),
             "AWS::NoValue": NO_VALUE, "AWS::NotificationARNs": [],
         }
         if name in pseudo:
@@ -254,11 +254,11 @@ class _TemplateReader:
             if function_id in self.resources:
                 return self.url_for(function_id)
         if resource in self.resources and attribute == "Arn":
-            return f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:function:{self._function_name(resource)}"
+            return function_arn(self.region, self._function_name(resource))
         raise TemplateError(f"!GetAtt {resource}.{attribute} is not supported by localfaas")
 
     def _layer_arn(self, logical_id: str) -> str:
-        return f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:layer:{logical_id}:1"
+        return layer_arn(self.region, logical_id)
 
     def _function_name(self, logical_id: str) -> str:
         properties = self.resources[logical_id].get("Properties") or {}

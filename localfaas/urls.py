@@ -18,12 +18,12 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from localfaas import sigv4
+from localfaas.aws import ACCOUNT_ID, MAX_PAYLOAD_BYTES, user_arn
 from localfaas.invocation import Invocation, Outcome, new_request_id, new_trace_id
 from localfaas.pool import Throttled
 from localfaas.sigv4 import Caller
-from localfaas.template import ACCOUNT_ID, CorsConfig, FunctionSpec
+from localfaas.template import CorsConfig, FunctionSpec
 
-MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 _TEXT_TYPES = ("text/", "application/json", "application/javascript", "application/xml")
 
 Invoker = Callable[[FunctionSpec, Invocation], Awaitable[Outcome]]
@@ -97,7 +97,7 @@ def build_event(request: web.BaseRequest, body: bytes, spec: FunctionSpec, reque
         event["requestContext"]["authorizer"] = {"iam": {
             "accessKey": caller.access_key, "accountId": ACCOUNT_ID, "callerId": caller.access_key,
             "cognitoIdentity": None, "principalOrgId": None,
-            "userArn": f"arn:aws:iam::{ACCOUNT_ID}:user/{caller.access_key}", "userId": caller.access_key,
+            "userArn": user_arn(caller.access_key), "userId": caller.access_key,
         }}
     if body:
         event["body"], event["isBase64Encoded"] = event_body(body, request.headers.get("Content-Type"))
@@ -121,7 +121,7 @@ def event_body(body: bytes, content_type: str | None) -> tuple[str, bool]:
 
 
 def _too_large() -> web.Response:
-    return web.json_response({"message": "Request must be smaller than 6291456 bytes "
+    return web.json_response({"message": f"Request must be smaller than {MAX_PAYLOAD_BYTES} bytes "
                                          "for the InvokeFunction operation"}, status=413)
 
 
