@@ -17,6 +17,7 @@ from typing import Any
 
 from localfaas.aws import ACCOUNT_ID, function_arn, layer_arn, stack_id
 from localfaas.cfn import NO_VALUE, Intrinsics, TemplateError, load_yaml
+from localfaas.schedule_expression import parse_schedule
 
 DEFAULT_TIMEOUT = 3
 DEFAULT_MEMORY_MB = 128
@@ -376,8 +377,6 @@ class _TemplateReader:
         )
 
     def _schedule_event(self, where: str, name: str, event: dict[str, Any]) -> ScheduleEvent:
-        from localfaas.schedule import parse_schedule
-
         properties = event.get("Properties") or {}
         for key in set(properties) - _SCHEDULE_PROPERTIES:
             self.warnings.append(f"{where}: event {name}: Schedule property {key} is not supported (ignored)")

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from localfaas import schedule
-from localfaas.schedule import (
+from localfaas.schedule import Scheduler
+from localfaas.schedule_expression import (
     CronFields,
     ScheduleExhausted,
-    Scheduler,
     next_cron_time,
     parse_cron,
     parse_rate,
