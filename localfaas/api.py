@@ -10,7 +10,7 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -23,14 +23,49 @@ from localfaas.aws import (
     layer_arn,
     role_arn,
 )
-from localfaas.invocation import Invocation
-from localfaas.pool import Throttled
+from localfaas.invocation import Invocation, Outcome, Throttled
 from localfaas.template import FunctionSpec, MqEvent
 
-if TYPE_CHECKING:
-    from localfaas.host import Host
-
 Route = Callable[[web.BaseRequest, str], Awaitable[web.Response]]
+
+
+class DeployedCode(Protocol):
+    """A function's current code, as GetFunction describes it."""
+
+    code_sha256: str  # hex
+    deployed_at: float  # epoch seconds
+
+
+class FunctionHost(Protocol):
+    """What the Lambda API asks of the host (localfaas.host.Host is one): the functions, invoking
+    them, and the status and deploy the CLI uses. The API knows nothing else of the host."""
+
+    region: str
+    started_at: float  # epoch seconds
+
+    def function(self, name: str) -> FunctionSpec | None:
+        """By name, logical id or ARN."""
+        ...
+
+    def functions(self) -> list[FunctionSpec]: ...
+
+    def pool(self, name: str) -> DeployedCode: ...
+
+    def url_of(self, name: str) -> str: ...
+
+    async def invoke(self, name: str, invocation: Invocation) -> Outcome:
+        """Run it now; raises Throttled when the function is at its concurrency limit."""
+        ...
+
+    def invoke_async(self, name: str, payload: bytes) -> str:
+        """Queue an Event invocation; returns its request id."""
+        ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def deploy(self) -> list[str]:
+        """Reload changed functions; returns their names. ValueError: the template is unusable."""
+        ...
 
 
 def api_error(status: int, error_type: str, message: str, **extra: Any) -> web.Response:
@@ -115,7 +150,7 @@ def _page(request: web.BaseRequest, key: str, items: list[dict[str, Any]], page_
 
 
 class LambdaApi:
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: FunctionHost) -> None:
         self.host = host
         # Matched in order by a bare aiohttp server: Invoke is on every API call's hot path, and
         # a dozen fixed routes do not need the Application router and middleware machinery.

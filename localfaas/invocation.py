@@ -37,6 +37,14 @@ class Outcome:
         return json.loads(self.body) if self.body else None
 
 
+class Throttled(Exception):
+    """The function is at its concurrency limit (Lambda: 429 TooManyRequestsException)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass
 class Invocation:
     payload: bytes

@@ -8,18 +8,10 @@ import time
 from collections.abc import Mapping
 
 from localfaas.environment import Environment, State, lambda_environment
-from localfaas.invocation import Invocation, Outcome
+from localfaas.invocation import Invocation, Outcome, Throttled
 from localfaas.logs import LogSink
 from localfaas.runtime_api import RuntimeApi
 from localfaas.template import FunctionSpec
-
-
-class Throttled(Exception):
-    """The function is at its concurrency limit (Lambda: 429 TooManyRequestsException)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class FunctionPool:

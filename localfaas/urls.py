@@ -19,8 +19,7 @@ from multidict import CIMultiDict
 
 from localfaas import sigv4
 from localfaas.aws import ACCOUNT_ID, MAX_PAYLOAD_BYTES, user_arn
-from localfaas.invocation import Invocation, Outcome, new_request_id, new_trace_id
-from localfaas.pool import Throttled
+from localfaas.invocation import Invocation, Outcome, Throttled, new_request_id, new_trace_id
 from localfaas.sigv4 import Caller
 from localfaas.template import CorsConfig, FunctionSpec
 
