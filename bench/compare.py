@@ -1,5 +1,5 @@
 """`make bench` (issue 4): our system against Celery 5 and Dramatiq 2 on this machine, in one run,
-with the same load generator (bench/loadgen.py) and TASK_UNIT_SECONDS=0, then the cache-hit path,
+with the same load generator (bench/driver.py) and TASK_UNIT_SECONDS=0, then the cache-hit path,
 worker scaling and memory. Prints one table and writes bench/reports/bench-<time>.json.
 
     python bench/compare.py [--tasks 5000] [--memory-tasks 20000] [--only ours,celery,...]
@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from bench import loadgen, memory  # noqa: E402
+from bench import driver, memory, stats  # noqa: E402
 from taskfaas.stack import REDIS_URL, Stack, start_stack, stop_stack  # noqa: E402
 
 REPORTS = ROOT / "bench" / "reports"
@@ -59,7 +59,7 @@ def light_tasks(count: int, complexity: int | None = None) -> list[dict[str, Any
 
 def run_load(tasks: list[dict[str, Any]], producer: str, results: str, batch: int,
              **options: Any) -> dict[str, Any]:
-    report = asyncio.run(loadgen.run_load(tasks, producer, results, batch=batch, **{**LOAD, **options}))
+    report = asyncio.run(driver.run_load(tasks, producer, results, batch=batch, **{**LOAD, **options}))
     summary = report.summary()
     throughput, latency = summary["throughput"], summary["latency_ms"]["submit_to_result"]
     return {"tasks": len(tasks), "completed": summary["completed"], "lost": summary["not_ended"],
@@ -136,9 +136,9 @@ def bench_cache_hits(samples: int = 300) -> dict[str, Any]:
             latencies.append((time.perf_counter() - started) * 1000)
             if record.get("status") != "succeeded":
                 raise RuntimeError(f"a cache hit that is not final: {record}")
-    stats = loadgen.latency_stats(latencies)
-    return {"system": "ours", "mode": "cache hit", "tasks": samples, "p50_ms": round(stats["p50"], 2),
-            "p99_ms": round(stats["p99"], 2), "cache_outcomes": sorted(map(str, caches)),
+    figures = stats.latency_stats(latencies)
+    return {"system": "ours", "mode": "cache hit", "tasks": samples, "p50_ms": round(figures["p50"], 2),
+            "p99_ms": round(figures["p99"], 2), "cache_outcomes": sorted(map(str, caches)),
             "settings": "POST /produce answering the hit with its result, sequential"}
 
 

@@ -11,7 +11,7 @@ The same seed gives the same tasks, so a second run is answered from the result 
 --no-cache (every task computed: "cache": false), or another --seed, to measure processing.
 
 The targets default to the producer and supervisor URLs in .localfaas/state.json (`make run`).
-Any system with the same HTTP contract can be driven (see bench/loadgen.py).
+Any system with the same HTTP contract can be driven (see bench/contract.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import loadgen, report  # noqa: E402
+from bench import driver, report, workload  # noqa: E402
 from localfaas.template import read_env_file  # noqa: E402
 from taskcore.signing import Signer  # noqa: E402
 
@@ -46,7 +46,7 @@ class ProgressBar:
         self.printed_at = -every
         self.length = 0
 
-    def __call__(self, p: loadgen.Progress) -> None:
+    def __call__(self, p: driver.Progress) -> None:
         if not self.tty and not p.final and p.elapsed - self.printed_at < self.every:
             return
         self.printed_at = p.elapsed
@@ -130,7 +130,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            "no task (untimed)")
     load.add_argument("--poll-batch", type=int, default=1,
                       help="results per request (GET {results}results?ids=...) when > 1")
-    load.add_argument("--poll-wait", type=float, default=loadgen.MAX_POLL_WAIT, help="seconds per long-poll")
+    load.add_argument("--poll-wait", type=float, default=driver.MAX_POLL_WAIT, help="seconds per long-poll")
     target = parser.add_argument_group("target")
     target.add_argument("--producer", help="producer base URL (POST {producer}produce)")
     target.add_argument("--results", help="results base URL (GET {results}results/{id}?wait=S)")
@@ -159,8 +159,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--repeat-share must be from 0 to 1")
     if not 1 <= args.poll_batch <= 500:
         parser.error("--poll-batch must be from 1 to 500 (MAX_BATCH)")
-    if not 0 <= args.poll_wait <= loadgen.MAX_POLL_WAIT:
-        parser.error(f"--poll-wait must be from 0 to {loadgen.MAX_POLL_WAIT:g}")
+    if not 0 <= args.poll_wait <= driver.MAX_POLL_WAIT:
+        parser.error(f"--poll-wait must be from 0 to {driver.MAX_POLL_WAIT:g}")
     return args
 
 
@@ -186,13 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         producer, results = producer or state_producer, results or state_results
     if args.replay:
         try:
-            tasks = loadgen.load_tasks(args.replay)
+            tasks = workload.load_tasks(args.replay)
         except (OSError, ValueError) as error:
             print(f"load_test: {error}", file=sys.stderr)
             return 2
         source = f"replay of {args.replay}"
     else:
-        tasks = loadgen.make_tasks(args.count, args.seed, args.repeat_share, args.include_failures)
+        tasks = workload.make_tasks(args.count, args.seed, args.repeat_share, args.include_failures)
         source = (f"seed {args.seed}, {args.repeat_share:.0%} repeats"
                   f"{', with failures' if args.include_failures else ''}")
     if args.no_cache:
@@ -206,14 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     progress = None if args.no_progress else ProgressBar()
     signer = None if args.unsigned else local_signer(args.env_file)
     started = time.time()
-    result = run_loop(loadgen.run_load(
+    result = run_loop(driver.run_load(
         tasks, producer, results, concurrency=args.concurrency, batch=args.batch, rate=args.rate,
         deadline=args.deadline, progress=progress, poll_concurrency=args.poll_concurrency,
         poll_wait=args.poll_wait, poll_batch=args.poll_batch, warmup=args.warmup,
         signer=signer, sign_submissions=signer is not None and args.sign_submissions, config=config))
     result.server = server_info(results, signer)
     summary = result.summary()
-    print(loadgen.format_summary(result, summary))
+    print(report.format_summary(result, summary))
     if not args.no_report:
         json_path, png_path = report.report_paths(args.reports, args.name, started)
         report.write_json(result, json_path, summary)

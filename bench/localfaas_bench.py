@@ -24,6 +24,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.stats import percentile  # noqa: E402
+
 FIXTURES = ROOT / "bench" / "fixtures"
 CHALICE_APP = FIXTURES / "chalice_app" / "app.py"
 REPORTS = ROOT / "bench" / "reports"
@@ -34,8 +39,8 @@ CONCURRENCY = 16
 
 
 def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))] if ordered else 0.0
+    """bench/stats.py's percentile (nearest rank), 0 for no samples so that the table still prints."""
+    return percentile(values, q) or 0.0
 
 
 class Host:

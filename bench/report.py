@@ -1,5 +1,7 @@
-"""Writes a load test's report: the full JSON and a PNG chart (latency histogram, completions over
-time). The chart needs matplotlib; without it only the JSON is written."""
+"""A load test's report: the summary table printed at the end of a run (`format_summary`, with its
+warning when the run mostly measured work from before it), the full JSON and a PNG chart (latency
+histogram, completions over time). The chart needs matplotlib; without it only the JSON is written.
+The figures themselves are bench/stats.py's."""
 
 from __future__ import annotations
 
@@ -13,9 +15,105 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import LoadReport, RequestSample, TaskOutcome, format_summary
+from bench.stats import ENDED, NOT_ENDED, LoadReport, RequestSample, TaskOutcome, summarize
 
 REPORTS = Path(__file__).resolve().parent / "reports"
+
+
+# The table ----------------------------------------------------------------------------------------
+
+def reuse_warning(summary: dict[str, Any]) -> str | None:
+    """A plain warning when most of the run was answered by work from before it, so that its
+    figures measure lookups, not processing."""
+    before, submitted = summary["done_before"], summary["submitted"]
+    if not submitted or before["total"] * 2 <= submitted:
+        return None
+    return (f"WARNING: {before['total']:,} of {submitted:,} tasks were answered by work from before "
+            f"this run (cache hit {before['hit']:,},\n  coalesced {before['coalesced']:,}, existing id "
+            f"{before['existing']:,}): the figures above measure lookups, not processing. To measure\n"
+            "  processing, run with --no-cache (make load-test ARGS=--no-cache) or a --seed not used before.")
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}"
+
+
+def format_summary(report: LoadReport, summary: dict[str, Any] | None = None) -> str:
+    """The human-readable summary table."""
+    s = summary or summarize(report)
+    c = report.config
+    rate = f"{c['rate']:g} tasks/s" if c.get("rate") else "as fast as possible"
+    source = c.get("source", "")
+    lines = [
+        f"load test: {s['tasks']:,} tasks{f' ({source})' if source else ''}; batch {c['batch']}, "
+        f"concurrency {c['concurrency']} (polls {c['poll_concurrency']}), {rate}, "
+        f"deadline {c['deadline_s']:g} s{', after a warm-up' if c.get('warmup') else ''}",
+        f"  producer {c['producer']}   results {c['results'] or '(result_url of each reply)'}",
+        "",
+        f"{'throughput':<28}{'tasks':>9}{'window s':>11}{'tasks/s':>11}",
+        f"{'  submitted':<28}{s['submitted']:>9,}{_fmt(s['throughput']['submit_window_s'], 2):>11}"
+        f"{_fmt(s['throughput']['submitted_per_s']):>11}",
+        f"{'  completed (result in hand)':<28}{s['completed']:>9,}"
+        f"{_fmt(s['throughput']['complete_window_s'], 2):>11}{_fmt(s['throughput']['completed_per_s']):>11}",
+    ]
+    if s["throughput"]["server_window_s"] is not None:
+        lines.append(f"{'  server: admitted-to-finish':<28}"
+                     f"{s['throughput']['server_completed']:>9,}"
+                     f"{_fmt(s['throughput']['server_window_s'], 2):>11}"
+                     f"{_fmt(s['throughput']['server_completed_per_s']):>11}")
+    lines += [
+        "",
+        f"{'latency (ms)':<28}{'count':>9}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}",
+    ]
+    rows = [("  submission (per request)", s["latency_ms"]["submission"]),
+            ("  submit-to-result", s["latency_ms"]["submit_to_result"]),
+            ("  server: admitted-to-finish", s["latency_ms"]["server_submit_to_finish"]),
+            ("  finish-to-pickup", s["latency_ms"]["finish_to_pickup"])]
+    rows += [(f"  submit-to-result, {name}", stats)
+             for name, stats in s["submit_to_result_by_cache_ms"].items()]
+    for label, stats in rows:
+        if stats["count"]:
+            lines.append(f"{label:<28}{stats['count']:>9,}" + "".join(
+                f"{_fmt(stats[k]):>10}" for k in ("p50", "p90", "p99", "max")))
+    status, failed = s["status"], s["failed"]
+    lines += [
+        "",
+        "status      " + "  ".join(f"{name} {status[name]:,}" for name in ENDED)
+        + f"   (failed: {failed['expected_type_fail']:,} of type fail, expected; "
+          f"{failed['unexpected']:,} unexpected)",
+        "not ended   " + "  ".join(f"{name} {status[name]:,}" for name in NOT_ENDED),
+        "cache       " + "  ".join(f"{name} {count:,}" for name, count in s["cache"].items()),
+        "per worker  " + ("  ".join(f"{name} {count:,}" for name, count in s["workers"].items()) or "-"),
+        f"requests    {s['requests']['submissions']:,} submissions "
+        f"({s['requests']['submit_retries']:,} retries),"
+        f" {s['requests']['polls']:,} polls ({s['requests']['poll_errors']:,} errors,"
+        f" {s['requests']['poll_not_found']:,} not found)"
+        + (f", max lag behind the rate {s['requests']['max_schedule_lag_ms']:,} ms" if c.get("rate") else ""),
+    ]
+    if s["requests"]["errors"]:
+        lines.append("retried     " + "  ".join(f"{kind} x{count:,}"
+                                                for kind, count in s["requests"]["errors"].items()))
+    for problem in s["problems"][:10]:
+        lines.append(f"  ! task {problem['index']} ({problem['type']}, id {problem['task_id']}): "
+                     f"{problem['outcome']}: {(problem['error'] or '')[:120]}")
+    lines.append("")
+    warning = reuse_warning(s)
+    if warning:
+        lines += [warning, ""]
+    before = s["done_before"]["total"]
+    if s["ok"]:
+        lines.append(f"OK: all {s['tasks']:,} tasks ended in {s['elapsed_s']:.1f} s"
+                     + (f" ({before:,} answered by work from before this run)" if before else ""))
+    else:
+        lines.append(f"FAILED: {s['not_ended']:,} of {s['tasks']:,} tasks lost or not ended by the deadline")
+    return "\n".join(lines)
+
+
+# The files ----------------------------------------------------------------------------------------
 
 
 def report_paths(directory: Path = REPORTS, name: str = "load",

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import loadgen  # noqa: E402
+from bench import driver, stats  # noqa: E402
 from bench.compare import light_tasks  # noqa: E402
 from taskfaas.stack import Stack, start_stack, stop_stack  # noqa: E402
 
@@ -72,7 +72,7 @@ class Killer(threading.Thread):
             self.kills.append((time.time(), int(victim["pid"]), victim["worker_id"]))
 
 
-def account(outcomes: Sequence[loadgen.TaskOutcome], executions: Sequence[dict[str, Any]],
+def account(outcomes: Sequence[stats.TaskOutcome], executions: Sequence[dict[str, Any]],
             killed_pids: set[int]) -> dict[str, Any]:
     """Where every task ended, and which attempts were computed more than once: `explained` when
     an earlier run of it was on a process that was later killed (its ack never reached the broker,
@@ -89,7 +89,7 @@ def account(outcomes: Sequence[loadgen.TaskOutcome], executions: Sequence[dict[s
     explained = {key for key, entries in twice.items()
                  if any(entry.get("pid") in killed_pids for entry in entries[:-1])}
     return {"tasks": len(outcomes), "statuses": dict(statuses),
-            "lost": sum(statuses.get(name, 0) for name in loadgen.NOT_ENDED),
+            "lost": sum(statuses.get(name, 0) for name in stats.NOT_ENDED),
             "failed_reasons": dict(failed_reasons.most_common(5)),
             "computed_more_than_once": len(twice), "explained_by_a_kill": len(explained),
             "unexplained": sorted(f"{task_id} attempt {attempt}"
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     killer = Killer(stack, args.kill_every)
     try:
         killer.start()
-        report = asyncio.run(loadgen.run_load(
+        report = asyncio.run(driver.run_load(
             tasks, stack.producer, stack.supervisor, concurrency=16, batch=1, rate=args.rate,
             deadline=deadline, poll_concurrency=8, poll_batch=100, signer=stack.signer))
         killer.stopping.set()

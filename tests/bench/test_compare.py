@@ -65,10 +65,10 @@ def test_keys_without_ttl() -> None:
 
 
 def test_soak_accounting_tells_kills_from_duplicates() -> None:
-    from bench import loadgen, soak
+    from bench import soak, stats
 
-    def outcome(index: int, status: str, error: str | None = None) -> loadgen.TaskOutcome:
-        task = loadgen.TaskOutcome(index, "hash", 1)
+    def outcome(index: int, status: str, error: str | None = None) -> stats.TaskOutcome:
+        task = stats.TaskOutcome(index, "hash", 1)
         task.task_id, task.outcome, task.error = f"t{index}", status, error
         return task
 

@@ -1,5 +1,5 @@
-"""The load generator's pure parts (percentiles, task generation, summary and report shape) and its
-engine against a small in-process server that implements the HTTP contract (no services needed)."""
+"""The load generator's engine (bench/driver.py, bench/lanes.py) against a small in-process server
+that implements the HTTP contract (no services needed), and `make load-test` driving it."""
 
 from __future__ import annotations
 
@@ -16,147 +16,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bench import loadgen, report
-from bench.loadgen import LoadReport, RequestSample, TaskOutcome
+from bench import driver, report, workload
+from bench.stats import LoadReport
 
 ROOT = Path(__file__).parents[2]
-
-# Percentiles --------------------------------------------------------------------------------------
-
-def test_percentile_is_nearest_rank() -> None:
-    values = list(range(1, 101))  # 1..100
-    assert loadgen.percentile(values, 50) == 50
-    assert loadgen.percentile(values, 90) == 90
-    assert loadgen.percentile(values, 99) == 99
-    assert loadgen.percentile(values, 100) == 100
-    assert loadgen.percentile(values, 0) == 1
-    assert loadgen.percentile([3.0, 1.0, 2.0], 50) == 2.0  # order does not matter
-    assert loadgen.percentile([7.0], 99) == 7.0
-    assert loadgen.percentile([1, 2, 3, 4], 50) == 2
-    assert loadgen.percentile([1, 2, 3, 4], 51) == 3
-    assert loadgen.percentile([], 50) is None
-    with pytest.raises(ValueError):
-        loadgen.percentile([1], 101)
-
-
-def test_latency_stats() -> None:
-    stats = loadgen.latency_stats([float(v) for v in range(1000, 0, -1)])
-    assert stats == {"count": 1000, "mean": 500.5, "p50": 500.0, "p90": 900.0, "p99": 990.0, "max": 1000.0}
-    assert loadgen.latency_stats([])["p50"] is None
-
-
-# Tasks --------------------------------------------------------------------------------------------
-
-def _key(task: dict[str, Any]) -> str:
-    return json.dumps(task, sort_keys=True)
-
-
-def test_make_tasks_is_reproducible_with_the_repeat_share() -> None:
-    from taskcore.producer import generate_tasks
-
-    tasks = loadgen.make_tasks(200, seed=7, repeat_share=0.2)
-    assert len(tasks) == 200
-    assert tasks == loadgen.make_tasks(200, seed=7, repeat_share=0.2)
-    assert tasks != loadgen.make_tasks(200, seed=8, repeat_share=0.2)
-    originals = [{"type": s.type, "payload": s.payload, "complexity": s.complexity}
-                 for s in generate_tasks(160, 7)]
-    # The originals keep their order; the 40 others are copies of an original, after it.
-    remaining = [_key(t) for t in tasks]
-    positions = []
-    for original in originals:
-        position = remaining.index(_key(original), positions[-1] + 1 if positions else 0)
-        positions.append(position)
-    repeats = [i for i in range(200) if i not in set(positions)]
-    assert len(repeats) == 40
-    for i in repeats:
-        first = min(j for j, t in enumerate(tasks) if _key(t) == _key(tasks[i]))
-        assert first < i, "a repeat comes after its original"
-    assert all(set(t) == {"type", "payload", "complexity"} for t in tasks)
-    tasks[0]["payload"]["changed"] = True  # copies, not shared objects
-    assert all("changed" not in t["payload"] for t in tasks[1:])
-
-
-def test_make_tasks_edges() -> None:
-    assert loadgen.make_tasks(0, 1) == []
-    assert len(loadgen.make_tasks(10, 1, repeat_share=0)) == 10
-    everything_repeated = loadgen.make_tasks(5, 1, repeat_share=1)
-    assert len({_key(t) for t in everything_repeated}) == 1
-    assert any(t["type"] == "fail" for t in loadgen.make_tasks(100, 1, include_failures=True))
-    with pytest.raises(ValueError):
-        loadgen.make_tasks(10, 1, repeat_share=1.5)
-
-
-def test_load_tasks(tmp_path: Any) -> None:
-    tasks = [{"type": "hash", "payload": {"data": "x"}}]
-    (tmp_path / "a.json").write_text(json.dumps(tasks))
-    (tmp_path / "b.json").write_text(json.dumps({"tasks": tasks}))
-    (tmp_path / "c.json").write_text(json.dumps([1, 2]))
-    assert loadgen.load_tasks(tmp_path / "a.json") == tasks
-    assert loadgen.load_tasks(tmp_path / "b.json") == tasks
-    with pytest.raises(ValueError):
-        loadgen.load_tasks(tmp_path / "c.json")
-
-
-# Summary and report -------------------------------------------------------------------------------
-
-def _synthetic() -> LoadReport:
-    tasks = [
-        TaskOutcome(0, "primes", 2, "succeeded", "a", 0, 0.0, 0.010, "miss", "queued", 1.0, "w-0", 950.0),
-        TaskOutcome(1, "primes", 2, "succeeded", "b", 1, 0.1, 0.110, "hit", "succeeded", 0.115, "", 0.0),
-        TaskOutcome(2, "fail", 1, "failed", "c", 2, 0.2, 0.210, "coalesced", "queued", 2.0, "w-1", 1700.0,
-                    error="task failed as requested"),
-        TaskOutcome(3, "hash", 1, "timeout", "d", 3, 0.3, 0.310, "miss", "queued", error="did not end"),
-        TaskOutcome(4, "hash", 1, "unsubmitted", error="deadline"),
-    ]
-    requests = [RequestSample(i, 1, 0.1 * i, 0.010, 202, 1) for i in range(4)]
-    return LoadReport({"tasks": 5, "producer": "http://p/", "results": "http://r/", "concurrency": 2,
-                       "poll_concurrency": 2, "batch": 1, "rate": None, "deadline_s": 10.0,
-                       "poll_wait_s": 20.0},
-                      started_at=1.0, elapsed=3.0, tasks=tasks, requests=requests,
-                      counters={"polls": 6, "submit_retries": 1})
-
-
-def test_summary_counts_and_throughput() -> None:
-    summary = _synthetic().summary()
-    assert summary["ok"] is False
-    assert summary["not_ended"] == 2
-    assert summary["status"] == {"succeeded": 2, "failed": 1, "rejected": 0, "lost": 0, "timeout": 1,
-                                 "unsubmitted": 1}
-    assert summary["failed"] == {"total": 1, "expected_type_fail": 1, "unexpected": 0}
-    assert summary["cache"] == {"hit": 1, "coalesced": 1, "miss": 2, "bypass": 0, "existing": 0}
-    assert summary["workers"] == {"(cache hit: no worker)": 1, "w-0": 1, "w-1": 1}
-    assert summary["submitted"] == 4 and summary["completed"] == 3
-    assert summary["throughput"]["submitted_per_s"] == pytest.approx(4 / 0.31, rel=1e-3)
-    assert summary["throughput"]["completed_per_s"] == pytest.approx(3 / 2.0)
-    assert summary["throughput"]["server_completed"] == 0  # no record gave server times
-    assert summary["throughput"]["server_completed_per_s"] is None
-    assert summary["latency_ms"]["submit_to_result"]["max"] == pytest.approx(1800.0)
-    assert summary["latency_ms"]["submission"]["p50"] == pytest.approx(10.0)
-    assert summary["submit_to_result_by_cache_ms"]["hit"]["p50"] == pytest.approx(15.0)
-    assert summary["timeline"]["completed"] == [1, 1, 1]
-    assert [p["outcome"] for p in summary["problems"]] == ["timeout", "unsubmitted"]
-    text = loadgen.format_summary(_synthetic(), summary)
-    assert "FAILED: 2 of 5 tasks" in text and "submit-to-result" in text
-
-
-def test_report_json_shape(tmp_path: Any) -> None:
-    result = _synthetic()
-    path = report.write_json(result, tmp_path / "r.json")
-    data = json.loads(path.read_text())
-    assert set(data) == {"config", "started_at", "elapsed_s", "summary", "counters", "server", "requests",
-                         "tasks"}
-    assert set(data["summary"]) >= {"throughput", "latency_ms", "status", "cache", "workers", "not_ended",
-                                    "ok",
-                                    "timeline", "failed", "requests"}
-    latency = data["summary"]["latency_ms"]["submit_to_result"]
-    assert set(latency) == {"count", "mean", "p50", "p90", "p99", "max"}
-    assert len(data["tasks"]) == 5 and data["tasks"][0]["task_id"] == "a"
-
-
-def test_chart(tmp_path: Any) -> None:
-    path = report.write_chart(_synthetic(), tmp_path / "r.png")
-    assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
 
 # The engine against a fake system ------------------------------------------------------------------
 
@@ -257,9 +120,9 @@ async def _drive(system: FakeSystem, tasks: list[dict[str, Any]], **options: Any
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     base = f"http://127.0.0.1:{port}/"
-    seen: list[loadgen.Progress] = []
+    seen: list[driver.Progress] = []
     try:
-        return await loadgen.run_load(tasks, base, base, progress=lambda p: seen.append(p), **options)
+        return await driver.run_load(tasks, base, base, progress=lambda p: seen.append(p), **options)
     finally:
         assert seen and seen[-1].final
         await runner.cleanup()
@@ -267,7 +130,7 @@ async def _drive(system: FakeSystem, tasks: list[dict[str, Any]], **options: Any
 
 @pytest.mark.parametrize("batch", [1, 7])
 def test_run_load_against_the_contract(batch: int) -> None:
-    tasks = loadgen.make_tasks(300, seed=3, repeat_share=0.2, include_failures=True)
+    tasks = workload.make_tasks(300, seed=3, repeat_share=0.2, include_failures=True)
     system = FakeSystem(busy=0 if batch > 1 else 3)
     result = asyncio.run(_drive(system, tasks, concurrency=8, batch=batch, deadline=30, warmup=batch > 1))
     summary = result.summary()
@@ -287,7 +150,7 @@ def test_run_load_against_the_contract(batch: int) -> None:
 
 
 def test_results_fetched_many_per_request() -> None:
-    tasks = loadgen.make_tasks(300, seed=5, repeat_share=0.2, include_failures=True)
+    tasks = workload.make_tasks(300, seed=5, repeat_share=0.2, include_failures=True)
     system = FakeSystem(delays={"sleep": 0.3})
     result = asyncio.run(_drive(system, tasks, concurrency=4, batch=50, poll_batch=40, deadline=30))
     summary = result.summary()
@@ -312,7 +175,7 @@ def test_run_load_reports_lost_rejected_and_deadline() -> None:
     # Waits of 0 do not become a busy loop: a long-poller asks at most every MIN_POLL_INTERVAL.
     busy = asyncio.run(_drive(FakeSystem(delay=60), tasks[:5], concurrency=4, deadline=1.0, poll_wait=0))
     assert busy.summary()["status"]["timeout"] == 5
-    assert busy.counters["polls"] <= 3 * (1.0 / loadgen.MIN_POLL_INTERVAL + 1)
+    assert busy.counters["polls"] <= 3 * (1.0 / driver.MIN_POLL_INTERVAL + 1)
 
 
 def test_run_load_at_a_rate() -> None:
@@ -349,52 +212,15 @@ def test_the_same_work_as_a_task_seen_final_is_fetched_at_once() -> None:
     assert result.tasks[-1].latency is not None and result.tasks[-1].latency < 1.5
 
 
-# Work from before the run -------------------------------------------------------------------------
-
-def _answered(cache: str | None, index: int, same_as: int) -> TaskOutcome:
-    return TaskOutcome(index, "hash", 1, "succeeded", f"id{index}", index, 0.0, 0.01, cache, "succeeded",
-                       0.02, same_as=same_as)
-
-
-def _report(tasks: list[TaskOutcome]) -> LoadReport:
-    return LoadReport({"tasks": len(tasks), "producer": "http://p/", "results": "http://r/", "concurrency": 1,
-                       "poll_concurrency": 1, "batch": 1, "rate": None, "deadline_s": 10.0},
-                      started_at=1.0, elapsed=1.0, tasks=tasks, requests=[])
-
-
-def test_tasks_answered_by_work_from_before_the_run_are_counted() -> None:
-    # Group 0: computed in the run (its miss came after the repeat's coalescing: order does not
-    # matter). Group 2: all hits, so from before. Group 4: an id that existed. Group 5: a bypass.
-    tasks = [_answered("coalesced", 0, 0), _answered("miss", 1, 0), _answered("hit", 2, 2),
-             _answered("hit", 3, 2), _answered("existing", 4, 4), _answered("bypass", 5, 5)]
-    summary = _report(tasks).summary()
-    assert summary["done_before"] == {"total": 3, "hit": 2, "coalesced": 0, "existing": 1}
-    assert loadgen.reuse_warning(summary) is None  # 3 of 6 is not most of the run
-    text = loadgen.format_summary(_report(tasks), summary)
-    assert "WARNING" not in text
-    assert "OK: all 6 tasks ended in 1.0 s (3 answered by work from before this run)" in text
-
-    mostly_cached = [*tasks, _answered("hit", 6, 6)]
-    summary = _report(mostly_cached).summary()
-    assert summary["done_before"]["total"] == 4
-    warning = loadgen.reuse_warning(summary)
-    assert warning is not None
-    assert warning.startswith("WARNING: 4 of 7 tasks were answered by work from before this run")
-    assert "--no-cache" in warning and "--seed" in warning
-    assert warning in loadgen.format_summary(_report(mostly_cached), summary)
-    # A system that reports no cache outcome is never said to have done nothing.
-    assert _report([_answered(None, 0, 0)]).summary()["done_before"]["total"] == 0
-
-
 def test_a_second_run_of_the_same_tasks_is_flagged_and_no_cache_computes_them_all() -> None:
-    tasks = loadgen.make_tasks(60, seed=11, repeat_share=0.2)
+    tasks = workload.make_tasks(60, seed=11, repeat_share=0.2)
     system = FakeSystem(delay=0.01)
     first = asyncio.run(_drive(system, tasks, concurrency=4, deadline=20)).summary()
-    assert first["ok"] and first["done_before"]["total"] == 0 and loadgen.reuse_warning(first) is None
+    assert first["ok"] and first["done_before"]["total"] == 0 and report.reuse_warning(first) is None
     again = asyncio.run(_drive(system, tasks, concurrency=4, deadline=20))
     summary = again.summary()
     assert summary["ok"] and summary["cache"]["hit"] == 60 and summary["done_before"]["hit"] == 60
-    text = loadgen.format_summary(again)
+    text = report.format_summary(again)
     assert "WARNING: 60 of 60 tasks were answered by work from before this run" in text
     uncached = asyncio.run(_drive(system, [{**t, "cache": False} for t in tasks], concurrency=4, deadline=20))
     summary = uncached.summary()
