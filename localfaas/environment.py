@@ -21,15 +21,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from localfaas.aws import MAX_RESPONSE_BYTES
 from localfaas.invocation import Invocation, exit_error, report_line, timeout_error
 from localfaas.logs import LogSink, error_summary
+from localfaas.runtime_api import RuntimeEndpoint
 from localfaas.template import FunctionSpec
-
-if TYPE_CHECKING:
-    from localfaas.runtime_api import RuntimeApi
 
 INIT_TIME_LIMIT = 10.0  # seconds; Lambda's limit for the init phase of on-demand functions
 
@@ -84,17 +81,16 @@ def lambda_environment(spec: FunctionSpec, settings: Mapping[str, str]) -> dict[
 
 class Environment:
     def __init__(self, spec: FunctionSpec, generation: int, variables: Mapping[str, str],
-                 runtime_api: RuntimeApi, logs: LogSink,
+                 logs: LogSink,
                  on_exit: Callable[[Environment], None]) -> None:
         self.spec = spec
         self.generation = generation
         self.id = uuid.uuid4().hex
         self.state = State.INIT
-        self.port = 0
         self.last_used = time.monotonic()
         self.init_ms: float | None = None
         self._variables = variables
-        self._runtime_api = runtime_api
+        self._endpoint: RuntimeEndpoint | None = None  # its own Runtime API, opened by start()
         self._logs = logs
         self._on_exit = on_exit
         self._process: asyncio.subprocess.Process | None = None
@@ -114,10 +110,10 @@ class Environment:
         return self._process.pid if self._process else None
 
     async def start(self) -> None:
-        self.port = await self._runtime_api.open(self)
+        self._endpoint = endpoint = await RuntimeEndpoint.open(self)
         stream = f"{datetime.datetime.now(datetime.UTC):%Y/%m/%d}/[$LATEST]{self.id}"
         env = dict(self._variables) | {
-            "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{self.port}",
+            "AWS_LAMBDA_RUNTIME_API": endpoint.address,
             "AWS_LAMBDA_LOG_STREAM_NAME": stream,
         }
         self._spawned_at = time.monotonic()
@@ -169,7 +165,15 @@ class Environment:
         if self.state is State.BUSY:
             self.state = State.IDLE
 
-    # -- called by the Runtime API ------------------------------------------------------------
+    # -- called by the Runtime API (runtime_api.RuntimeHandler) ------------------------------
+
+    @property
+    def function_arn(self) -> str:
+        return self.spec.arn
+
+    @property
+    def initialized(self) -> bool:
+        return self.init_ms is not None
 
     async def next_invocation(self) -> Invocation:
         if self.init_ms is None:
@@ -270,7 +274,8 @@ class Environment:
             invocation.fail(document)
         if self._next_waiter is not None and not self._next_waiter.done():
             self._next_waiter.cancel()
-        await self._runtime_api.close(self)
+        if self._endpoint is not None:
+            self._endpoint.close()
         self._on_exit(self)
 
     async def _pump_output(self, stream: asyncio.StreamReader | None) -> None:

@@ -1,5 +1,6 @@
-"""The host: loads the template, owns the function pools and every listener (Runtime API,
-function URLs, the control port), the MQ event source mappings and the schedules."""
+"""The host: loads the template, owns the function pools (each environment opens its own Runtime
+API), the listeners (function URLs, the control port), the MQ event source mappings and the
+schedules."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from localfaas.httpserver import bare_server
 from localfaas.invocation import Invocation, Outcome, new_request_id
 from localfaas.logs import LogSink
 from localfaas.pool import FunctionPool
-from localfaas.runtime_api import RuntimeApi
 from localfaas.template import FunctionSpec, Template, host_settings, load_template, parameter_key
 from localfaas.urls import FunctionUrl
 
@@ -58,7 +58,6 @@ class Host:
             if parameter_key(key) == parameter_key("RABBITMQ_URL"):
                 self.settings["RABBITMQ_URL"] = value  # the MQ mappings' broker, too
         self.logs = LogSink(config.run_dir / "logs", console, config.console, config.summary_seconds)
-        self.runtime_api = RuntimeApi()
         self.started_at = time.time()
         self._control_socket = _listen(config.host, config.port)
         self._url_sockets: dict[str, socket.socket] = {}
@@ -66,8 +65,7 @@ class Host:
         self.logs.align(self.template.functions)
         self.region = next(iter(self.template.functions.values())).region \
             if self.template.functions else "us-east-1"
-        self._pools = {name: FunctionPool(spec, self.settings, self.runtime_api, self.logs,
-                                          config.default_concurrency)
+        self._pools = {name: FunctionPool(spec, self.settings, self.logs, config.default_concurrency)
                        for name, spec in self.template.functions.items()}
         self._runners: list[web.BaseRunner] = []
         self._mappings: list[Any] = []  # MqMapping, imported only when a template has MQ events
@@ -94,7 +92,6 @@ class Host:
         return f"http://{self.config.host}:{self._control_socket.getsockname()[1]}"
 
     async def start(self) -> None:
-        await self.runtime_api.setup()
         api = bare_server(LambdaApi(self).handle, MAX_PAYLOAD_BYTES + 1024)
         api_runner = web.ServerRunner(api, access_log=None, handle_signals=False)
         await api_runner.setup()
@@ -184,7 +181,6 @@ class Host:
             await pool.stop()
         for runner in self._runners:
             await runner.cleanup()
-        await self.runtime_api.shutdown()
         self.logs.close()
         (self.config.run_dir / "state.json").unlink(missing_ok=True)
 

@@ -10,20 +10,18 @@ from collections.abc import Mapping
 from localfaas.environment import Environment, State, lambda_environment
 from localfaas.invocation import Invocation, Outcome, Throttled
 from localfaas.logs import LogSink
-from localfaas.runtime_api import RuntimeApi
 from localfaas.template import FunctionSpec
 
 
 class FunctionPool:
-    def __init__(self, spec: FunctionSpec, settings: Mapping[str, str], runtime_api: RuntimeApi,
-                 logs: LogSink, default_concurrency: int) -> None:
+    def __init__(self, spec: FunctionSpec, settings: Mapping[str, str], logs: LogSink,
+                 default_concurrency: int) -> None:
         self.spec = spec
         self.generation = 1
         self.code_sha256 = spec.code_sha256()
         self.deployed_at = time.time()
         self._settings = settings
         self._variables = lambda_environment(spec, settings)
-        self._runtime_api = runtime_api
         self._logs = logs
         self._default_concurrency = default_concurrency
         self._environments: set[Environment] = set()
@@ -82,8 +80,7 @@ class FunctionPool:
                 return environment
         if len(self._environments) >= self.max_concurrency:
             return None
-        environment = Environment(self.spec, self.generation, self._variables, self._runtime_api,
-                                  self._logs, self._forget)
+        environment = Environment(self.spec, self.generation, self._variables, self._logs, self._forget)
         self._environments.add(environment)
         return environment
 

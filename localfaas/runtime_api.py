@@ -5,6 +5,10 @@ gets a listening socket of its own. Two of the three HTTP exchanges of every inv
 here (`/next` and `/response`), and the only client is the runtime interface client speaking
 plain HTTP/1.1 on one keep-alive connection, so this is a small asyncio protocol rather than a
 general web server: it costs a fraction of a full request/response cycle per exchange.
+
+The endpoint declares what it calls (`RuntimeHandler`) and the execution environment implements
+it, as LocalStack's executor endpoint does: the endpoint is opened for one handler and knows
+nothing else of environments.
 """
 
 from __future__ import annotations
@@ -12,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from localfaas.aws import MAX_RESPONSE_BYTES
-
-if TYPE_CHECKING:
-    from localfaas.environment import Environment
+from localfaas.invocation import Invocation
 
 PREFIX = b"/2018-06-01/runtime"
 _NEXT = PREFIX + b"/invocation/next"
@@ -45,6 +47,34 @@ def _error(status: int, error_type: str, message: str) -> bytes:
 _ACCEPTED_RESPONSE = _response(202, _ACCEPTED)
 
 
+class RuntimeHandler(Protocol):
+    """What the Runtime API asks of the execution environment behind it."""
+
+    @property
+    def function_arn(self) -> str: ...
+
+    @property
+    def initialized(self) -> bool:
+        """The runtime has asked for its first invocation (its init phase is over)."""
+        ...
+
+    def current_request_id(self) -> str | None: ...
+
+    async def next_invocation(self) -> Invocation:
+        """The next invocation, when there is one (the runtime's `/next` long-poll)."""
+        ...
+
+    def respond(self, body: bytes, content_type: str) -> None: ...
+
+    def report_error(self, body: bytes) -> None: ...
+
+    def report_init_error(self, body: bytes) -> None: ...
+
+    def reject_oversized_response(self) -> None:
+        """The response was over the limit: fail the invocation as Lambda does."""
+        ...
+
+
 class _Request:
     __slots__ = ("body", "headers", "method", "path")
 
@@ -55,7 +85,7 @@ class _Request:
 class _Connection(asyncio.Protocol):
     """One runtime client connection. Requests are answered strictly in order."""
 
-    def __init__(self, environment: Environment) -> None:
+    def __init__(self, environment: RuntimeHandler) -> None:
         self.environment = environment
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
@@ -144,7 +174,7 @@ class _Connection(asyncio.Protocol):
             headers = {
                 "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
                 "Lambda-Runtime-Deadline-Ms": str(invocation.deadline_ms),
-                "Lambda-Runtime-Invoked-Function-Arn": environment.spec.arn,
+                "Lambda-Runtime-Invoked-Function-Arn": environment.function_arn,
                 "Lambda-Runtime-Trace-Id": invocation.trace_id,
             }
             if invocation.client_context:
@@ -167,7 +197,7 @@ class _Connection(asyncio.Protocol):
                 environment.report_error(request.body)
                 return _ACCEPTED_RESPONSE
         if path == _INIT_ERROR and method == b"POST":
-            if environment.init_ms is not None:
+            if environment.initialized:
                 return _error(403, "InvalidStateTransition", "init/error after init finished")
             environment.report_init_error(request.body)
             return _ACCEPTED_RESPONSE
@@ -183,29 +213,25 @@ class _Connection(asyncio.Protocol):
         return _error(400, "InvalidRequestID", "Invalid request ID")
 
 
-class RuntimeApi:
-    def __init__(self) -> None:
-        self._servers: dict[int, asyncio.Server] = {}
+class RuntimeEndpoint:
+    """The Runtime API of one execution environment: a socket on 127.0.0.1 of its own."""
 
-    async def setup(self) -> None:
-        """Nothing to share between endpoints; kept so the host's start-up reads the same."""
+    def __init__(self, server: asyncio.Server, port: int) -> None:
+        self._server = server
+        self.port = port
 
-    async def shutdown(self) -> None:
-        for server in self._servers.values():
-            server.close()
-        self._servers.clear()
-
-    async def open(self, environment: Environment) -> int:
+    @classmethod
+    async def open(cls, handler: RuntimeHandler) -> RuntimeEndpoint:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
-        server = await asyncio.get_running_loop().create_server(
-            lambda: _Connection(environment), sock=sock)
-        port = sock.getsockname()[1]
-        self._servers[port] = server
-        return port
+        server = await asyncio.get_running_loop().create_server(lambda: _Connection(handler), sock=sock)
+        return cls(server, sock.getsockname()[1])
 
-    async def close(self, environment: Environment) -> None:
-        server = self._servers.pop(environment.port, None)
-        if server is not None:
-            server.close()
+    @property
+    def address(self) -> str:
+        """As the runtime finds it in AWS_LAMBDA_RUNTIME_API: host:port, no scheme."""
+        return f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._server.close()
