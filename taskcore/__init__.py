@@ -19,8 +19,8 @@ Flat modules, one job each (docs/taskcore.md records their contracts):
     function_url  function_url_handler(app): Lambda function URLs in front of Chalice
 
 Third-party packages are imported at the top of the modules that use them: pika by broker and
-dispatch; redis by store, dispatch, results and http; chalice by http; urllib3 by producer;
-botocore by signing. settings, keys, registry, work, messages, json_body, errors, scripts and
-function_url need only the standard library (and each other), so importing taskcore.messages, for one, pulls
-in no broker or Redis client.
+dispatch; redis by store, dispatch and results (http only looks it up, so that the producer never
+loads it); chalice by http; urllib3 by producer; botocore by signing. settings, keys, registry,
+work, messages, json_body, errors, scripts and function_url need only the standard library (and
+each other), so importing taskcore.messages, for one, pulls in no broker or Redis client.
 """

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from chalice import Response
 
 from taskcore.errors import Unavailable, ValidationError, error_body, status_for
@@ -38,9 +38,18 @@ def api_errors(view: Callable[..., Response]) -> Callable[..., Response]:
         except Unavailable as error:
             log.warning("unavailable: %s %s", error.message, error.details)
             return error_response("unavailable", error.message, error.details, 503)
-        except redis.RedisError as error:
+        except Exception as error:
+            if not _is_redis_error(error):
+                raise
             log.warning("redis unavailable: %r", error)
             return error_response("unavailable", "the task store (Redis) is unavailable",
                                   {"reason": repr(error)}, 503)
 
     return wrapper
+
+
+def _is_redis_error(error: Exception) -> bool:
+    # Looked up, not imported: only an app that uses the task store can raise Redis's errors, and
+    # it has imported redis by then; an app without a store (the producer) never loads redis.
+    redis = sys.modules.get("redis")
+    return redis is not None and isinstance(error, redis.RedisError)

@@ -61,9 +61,14 @@ class TaskSpec:
         return replace(self, task_id=task_id)
 
     def to_dict(self) -> dict[str, Any]:
+        """The task as a submission writes it, without task_id until one is assigned (a null id is
+        refused: absent means "assign one")."""
         # Shallow (dataclasses.asdict deep-copies the payload, a third of a dispatch's CPU): the
         # dict is serialised at once, never mutated.
-        return dict(vars(self))
+        data = dict(vars(self))
+        if self.task_id is None:
+            del data["task_id"]
+        return data
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""The producer's logic without HTTP: reproducible task generation and the supervisor client."""
+"""The producer's logic without HTTP: reproducible task generation and the supervisor client.
+
+The producer parses nothing of a submission: the supervisor's /supervise is an API of its own and
+validates what it receives, so the producer forwards the body as it came (POST /produce) and the
+supervisor parses it, validates it and assigns the ids, once. The producer relays a refusal as it
+is and turns an acceptance into its own answer (`SupervisorClient.accepted`)."""
 
 from __future__ import annotations
 
@@ -43,8 +48,25 @@ def generate_tasks(count: int, seed: int, include_failures: bool = False) -> lis
 
 @dataclass(frozen=True)
 class SupervisorReply:
+    """What /supervise answered: a refusal ({"error"}, 4xx) or, 200/202, one task's answer or
+    {"tasks": [...]} as the submission was one task or a batch."""
+
     status: int
     body: dict[str, Any]
+
+    @property
+    def refused(self) -> bool:
+        return self.status >= 400
+
+    @property
+    def tasks(self) -> list[dict[str, Any]]:
+        """The per-task answers of an accepted submission, in order."""
+        return self.body.get("tasks", [self.body])
+
+
+def submission_body(specs: Sequence[TaskSpec]) -> bytes:
+    """The /supervise body of a batch of generated tasks (ids left to the supervisor)."""
+    return json.dumps({"tasks": [spec.to_dict() for spec in specs]}).encode()
 
 
 class SupervisorClient:
@@ -65,8 +87,16 @@ class SupervisorClient:
     def result_url(self, task_id: str) -> str:
         return f"{self.base_url}results/{task_id}"
 
-    def supervise(self, specs: Sequence[TaskSpec]) -> SupervisorReply:
-        body = json.dumps({"tasks": [spec.to_dict() for spec in specs]}).encode()
+    def accepted(self, reply: SupervisorReply) -> dict[str, Any]:
+        """The producer's answer to an accepted submission (docs/openapi.yaml, AcceptedTask): the
+        supervisor's, each task with its result_url and without the worker it went to, in the same
+        shape (one task or {"tasks"})."""
+        tasks = [{**{k: v for k, v in task.items() if k != "worker_id"},
+                  "result_url": self.result_url(task["task_id"])} for task in reply.tasks]
+        return {"tasks": tasks} if "tasks" in reply.body else tasks[0]
+
+    def supervise(self, body: bytes) -> SupervisorReply:
+        """POST /supervise with `body` as it is, signed."""
         url, headers = self.base_url + "supervise", {"Content-Type": "application/json"}
         if self._signer is not None:
             headers = self._signer.headers("POST", url, body, headers)
