@@ -39,11 +39,24 @@ def _die_with_parent() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-class State(enum.Enum):
-    INIT = "init"
-    IDLE = "idle"
-    BUSY = "busy"
-    DEAD = "dead"
+class State(enum.StrEnum):
+    INIT = "init"  # the process is starting: its init phase is not over
+    IDLE = "idle"  # warm, waiting for an invocation
+    BUSY = "busy"  # running an invocation
+    DEAD = "dead"  # stopped, timed out, failed its init or exited: never used again
+
+
+# Every change of state an environment may make; anything else is a bug in the host.
+_TRANSITIONS: dict[State, frozenset[State]] = {
+    State.INIT: frozenset({State.IDLE, State.BUSY, State.DEAD}),
+    State.IDLE: frozenset({State.BUSY, State.DEAD}),
+    State.BUSY: frozenset({State.IDLE, State.DEAD}),
+    State.DEAD: frozenset(),
+}
+
+
+class InvalidTransition(RuntimeError):
+    """An environment was asked to change state in a way _TRANSITIONS does not allow."""
 
 
 def lambda_environment(spec: FunctionSpec, settings: Mapping[str, str]) -> dict[str, str]:
@@ -86,7 +99,7 @@ class Environment:
         self.spec = spec
         self.generation = generation
         self.id = uuid.uuid4().hex
-        self.state = State.INIT
+        self._state = State.INIT
         self.last_used = time.monotonic()
         self.init_ms: float | None = None
         self._variables = variables
@@ -104,6 +117,21 @@ class Environment:
         self._tasks: tuple[asyncio.Task[None], ...] = ()
         self._memory_mb = 0
         self._memory_read_at = 0.0
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def transition(self, to: State) -> bool:
+        """The one way the state changes. Returns whether it did: an environment can end several
+        ways at once (stopped, then its process exits), and only the first to say DEAD changes
+        it. Any other move that _TRANSITIONS does not allow raises InvalidTransition."""
+        if to is State.DEAD and self._state is State.DEAD:
+            return False
+        if to not in _TRANSITIONS[self._state]:
+            raise InvalidTransition(f"environment {self.id} of {self.spec.name}: {self._state} -> {to}")
+        self._state = to
+        return True
 
     @property
     def pid(self) -> int | None:
@@ -129,7 +157,7 @@ class Environment:
 
     async def invoke(self, invocation: Invocation) -> None:
         """Hand the invocation to the runtime and wait until it is settled, one way or another."""
-        self.state = State.BUSY
+        self.transition(State.BUSY)
         self._current = invocation
         self._status = None
         if self._next_waiter is not None and not self._next_waiter.done():
@@ -163,7 +191,7 @@ class Environment:
         self._current = None
         self.last_used = time.monotonic()
         if self.state is State.BUSY:
-            self.state = State.IDLE
+            self.transition(State.IDLE)
 
     # -- called by the Runtime API (runtime_api.RuntimeHandler) ------------------------------
 
@@ -181,7 +209,7 @@ class Environment:
             self._report_init = True
             self._logs.environment_started(self.spec.name, self.init_ms)
             if self.state is State.INIT:
-                self.state = State.IDLE
+                self.transition(State.IDLE)
         if self._queued is not None:
             invocation, self._queued = self._queued, None
         else:
@@ -226,7 +254,7 @@ class Environment:
         self._log(f"INIT_REPORT Init Duration: {init_ms:.2f} ms\tPhase: init\tStatus: error\t"
                   f"Error Type: {error_type}")
         self._status = "error"
-        self.state = State.DEAD  # awslambdaric exits after reporting; never reuse this one
+        self.transition(State.DEAD)  # awslambdaric exits after reporting; never reuse this one
         invocation = self._current
         if invocation is not None:
             invocation.fail_with_body(body)
@@ -235,8 +263,7 @@ class Environment:
 
     def stop(self) -> None:
         """Kill the process; the exit watcher then closes the endpoint and tells the pool."""
-        if self.state is not State.DEAD:
-            self.state = State.DEAD
+        if self.transition(State.DEAD):
             self._kill()
         if self._next_waiter is not None and not self._next_waiter.done():
             self._next_waiter.cancel()
@@ -255,14 +282,13 @@ class Environment:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         self._log(f"{stamp} {invocation.request_id} Task timed out after {self.spec.timeout:.2f} seconds")
         self._status = "timeout"
-        self.state = State.DEAD
+        self.transition(State.DEAD)
         self._kill()
         invocation.fail(timeout_error(invocation.request_id, self.spec.timeout))
 
     async def _watch_exit(self, process: asyncio.subprocess.Process) -> None:
         returncode = await process.wait()
-        expected = self.state is State.DEAD  # stopped, timed out or failed its init: said already
-        self.state = State.DEAD
+        expected = not self.transition(State.DEAD)  # stopped, timed out or failed its init: said already
         invocation = self._current
         if not expected and invocation is None:
             self._logs.environment_exited(self.spec.name, returncode)

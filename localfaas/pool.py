@@ -75,8 +75,8 @@ class FunctionPool:
     def _acquire(self) -> Environment | None:
         while self._idle:
             environment = self._idle.pop()
+            # Taken off the idle stack, it is the caller's: its invoke() makes it BUSY.
             if environment.state is State.IDLE and environment.generation == self.generation:
-                environment.state = State.BUSY
                 return environment
         if len(self._environments) >= self.max_concurrency:
             return None
