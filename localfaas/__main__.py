@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from localfaas.cfn import TemplateError
-from localfaas.logs import CONSOLE_MODES, error_summary
+from localfaas.logs import ConsoleMode, error_summary
 
 DEFAULT_ENV_FILE = Path("infra/local.env")
 
@@ -82,7 +82,7 @@ def _start(args: argparse.Namespace) -> int:
         idle_seconds=args.idle_seconds,
         async_retry_seconds=args.async_retry_seconds,
         minute_seconds=args.minute_seconds,
-        console=args.console,
+        console=ConsoleMode(args.console),
         summary_seconds=args.summary_seconds,
     )
     try:
@@ -248,7 +248,8 @@ def parser() -> argparse.ArgumentParser:
                        help="wait before retrying a failed async invocation (doubled for the second)")
     start.add_argument("--minute-seconds", type=float, default=60.0,
                        help="length of a schedule rate's minute, to shorten rates in development")
-    start.add_argument("--console", choices=CONSOLE_MODES, default="quiet",
+    start.add_argument("--console", choices=[mode.value for mode in ConsoleMode],
+                       default=ConsoleMode.QUIET.value,
                        help="quiet: cold starts, errors and a periodic summary; full: every function "
                             "log line too (always in <run dir>/logs/<function>.log)")
     start.add_argument("--summary-seconds", type=float, default=10.0,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import enum
 import json
 import re
 import uuid
@@ -23,10 +24,18 @@ from localfaas.aws import (
     layer_arn,
     role_arn,
 )
-from localfaas.invocation import Invocation, Outcome, Throttled
+from localfaas.invocation import Invocation, InvocationOutcome, Throttled
 from localfaas.template import FunctionSpec, MqEvent
 
 Route = Callable[[web.BaseRequest, str], Awaitable[web.Response]]
+
+
+class InvocationType(enum.StrEnum):
+    """Invoke's X-Amz-Invocation-Type."""
+
+    REQUEST_RESPONSE = "RequestResponse"  # run it now and answer with its result
+    EVENT = "Event"  # queue it (retried twice on failure), answer 202 at once
+    DRY_RUN = "DryRun"  # only check that the call would be accepted
 
 
 class DeployedCode(Protocol):
@@ -53,7 +62,7 @@ class FunctionHost(Protocol):
 
     def url_of(self, name: str) -> str: ...
 
-    async def invoke(self, name: str, invocation: Invocation) -> Outcome:
+    async def invoke(self, name: str, invocation: Invocation) -> InvocationOutcome:
         """Run it now; raises Throttled when the function is at its concurrency limit."""
         ...
 
@@ -188,7 +197,7 @@ class LambdaApi:
         spec = self._function(name)
         if isinstance(spec, web.Response):
             return spec
-        kind = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+        kind_header = request.headers.get("X-Amz-Invocation-Type", InvocationType.REQUEST_RESPONSE)
         payload = await request.read()
         client_context = request.headers.get("X-Amz-Client-Context")
         if client_context:
@@ -199,11 +208,13 @@ class LambdaApi:
             except (binascii.Error, ValueError):
                 return api_error(400, "InvalidRequestContentException",
                                  "Client context must be a valid Base64-encoded JSON object.")
-        if kind == "DryRun":
+        try:
+            kind = InvocationType(kind_header)
+        except ValueError:
+            return api_error(400, "InvalidParameterValueException", f"invalid invocation type {kind_header}")
+        if kind is InvocationType.DRY_RUN:
             return web.Response(status=204)
-        if kind not in ("RequestResponse", "Event"):
-            return api_error(400, "InvalidParameterValueException", f"invalid invocation type {kind}")
-        limit = MAX_ASYNC_PAYLOAD_BYTES if kind == "Event" else MAX_PAYLOAD_BYTES
+        limit = MAX_ASYNC_PAYLOAD_BYTES if kind is InvocationType.EVENT else MAX_PAYLOAD_BYTES
         if len(payload) > limit:
             return api_error(413, "RequestTooLargeException",
                              f"Request must be smaller than {limit} bytes for the InvokeFunction operation")
@@ -213,7 +224,7 @@ class LambdaApi:
             except ValueError:
                 return api_error(400, "InvalidRequestContentException",
                                  "Could not parse request body into json")
-        if kind == "Event":
+        if kind is InvocationType.EVENT:
             request_id = self.host.invoke_async(spec.name, payload or b"{}")
             return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
         tail = request.headers.get("X-Amz-Log-Type") == "Tail"

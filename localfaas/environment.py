@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from localfaas.aws import MAX_RESPONSE_BYTES
-from localfaas.invocation import Invocation, exit_error, report_line, timeout_error
+from localfaas.invocation import Invocation, ReportStatus, exit_error, report_line, timeout_error
 from localfaas.logs import LogSink, error_summary
 from localfaas.runtime_api import RuntimeEndpoint
 from localfaas.template import FunctionSpec
@@ -113,7 +113,7 @@ class Environment:
         self._next_waiter: asyncio.Future[Invocation] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._report_init = False
-        self._status: str | None = None
+        self._status: ReportStatus | None = None
         self._tasks: tuple[asyncio.Task[None], ...] = ()
         self._memory_mb = 0
         self._memory_read_at = 0.0
@@ -253,7 +253,7 @@ class Environment:
             error_type = "Runtime.Unknown"
         self._log(f"INIT_REPORT Init Duration: {init_ms:.2f} ms\tPhase: init\tStatus: error\t"
                   f"Error Type: {error_type}")
-        self._status = "error"
+        self._status = ReportStatus.ERROR
         self.transition(State.DEAD)  # awslambdaric exits after reporting; never reuse this one
         invocation = self._current
         if invocation is not None:
@@ -281,7 +281,7 @@ class Environment:
         self._timer = None
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         self._log(f"{stamp} {invocation.request_id} Task timed out after {self.spec.timeout:.2f} seconds")
-        self._status = "timeout"
+        self._status = ReportStatus.TIMEOUT
         self.transition(State.DEAD)
         self._kill()
         invocation.fail(timeout_error(invocation.request_id, self.spec.timeout))
@@ -296,7 +296,7 @@ class Environment:
             document = exit_error(invocation.request_id, returncode)
             self._log(str(document["errorMessage"]))
             self._log("Runtime.ExitError")
-            self._status = "error"
+            self._status = ReportStatus.ERROR
             invocation.fail(document)
         if self._next_waiter is not None and not self._next_waiter.done():
             self._next_waiter.cancel()

@@ -19,8 +19,8 @@ from aiohttp import web
 from localfaas.api import LambdaApi
 from localfaas.aws import MAX_PAYLOAD_BYTES
 from localfaas.httpserver import bare_server
-from localfaas.invocation import Invocation, Outcome, new_request_id
-from localfaas.logs import LogSink
+from localfaas.invocation import Invocation, InvocationOutcome, new_request_id
+from localfaas.logs import ConsoleMode, LogSink
 from localfaas.pool import FunctionPool
 from localfaas.template import FunctionSpec, Template, host_settings, load_template, parameter_key
 from localfaas.urls import FunctionUrl
@@ -39,7 +39,7 @@ class HostConfig:
     idle_seconds: float = 300.0
     async_retry_seconds: float = 60.0  # Lambda waits ~1 min, then ~2 min, between async retries
     minute_seconds: float = 60.0  # shorten schedule rates for development
-    console: str = "quiet"  # or "full": every function log line on the console, too
+    console: ConsoleMode = ConsoleMode.QUIET  # or FULL: every function log line on the console, too
     summary_seconds: float = 10.0  # the quiet console's summary line, when something ran
 
 
@@ -200,14 +200,14 @@ class Host:
         return self._url_for(self._pools[name].spec.logical_id)
 
     async def invoke(self, name: str, invocation: Invocation, *,
-                     wait_for_capacity: bool = False) -> Outcome:
+                     wait_for_capacity: bool = False) -> InvocationOutcome:
         return await self._pools[name].invoke(invocation, wait_for_capacity=wait_for_capacity)
 
-    async def _invoke_url(self, spec: FunctionSpec, invocation: Invocation) -> Outcome:
+    async def _invoke_url(self, spec: FunctionSpec, invocation: Invocation) -> InvocationOutcome:
         return await self._pools[spec.name].invoke(invocation)
 
     def _mq_invoker(self, name: str):
-        async def invoke(payload: bytes) -> Outcome:
+        async def invoke(payload: bytes) -> InvocationOutcome:
             return await self.invoke(name, Invocation(payload), wait_for_capacity=True)
 
         return invoke

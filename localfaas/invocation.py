@@ -4,11 +4,19 @@ produces itself (timeouts, runtime exits), shaped as docs/lambda_behaviours.md Â
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import os
 import time
 import uuid
 from dataclasses import dataclass, field
+
+
+class ReportStatus(enum.StrEnum):
+    """The REPORT line's `Status:` field, written only when the invocation did not end normally."""
+
+    ERROR = "error"  # the runtime exited, or its init failed
+    TIMEOUT = "timeout"
 
 
 def new_request_id() -> str:
@@ -20,7 +28,7 @@ def new_trace_id() -> str:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class InvocationOutcome:
     """What the caller of Invoke sees. `function_error` maps to `X-Amz-Function-Error: Unhandled`."""
 
     request_id: str
@@ -52,13 +60,13 @@ class Invocation:
     client_context: str | None = None
     request_id: str = field(default_factory=new_request_id)
     trace_id: str = field(default_factory=new_trace_id)
-    outcome: asyncio.Future[Outcome] = field(
+    outcome: asyncio.Future[InvocationOutcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
     log_lines: list[str] | None = None  # collected only when the caller asked for Tail
     started_at: float = 0.0  # monotonic, set when the runtime receives the event
     deadline_ms: int = 0  # epoch milliseconds, sent to the runtime as Lambda-Runtime-Deadline-Ms
 
-    def finish(self, outcome: Outcome) -> bool:
+    def finish(self, outcome: InvocationOutcome) -> bool:
         """Settle the invocation once; later reports (a crash after a timeout, say) are ignored."""
         if self.outcome.done():
             return False
@@ -66,10 +74,10 @@ class Invocation:
         return True
 
     def succeed(self, body: bytes, content_type: str) -> bool:
-        return self.finish(Outcome(self.request_id, body, content_type or "application/json"))
+        return self.finish(InvocationOutcome(self.request_id, body, content_type or "application/json"))
 
     def fail(self, document: dict[str, object]) -> bool:
-        return self.finish(Outcome(
+        return self.finish(InvocationOutcome(
             self.request_id, json.dumps(document).encode(), "application/json",
             function_error=True, error_type=str(document.get("errorType") or "Unhandled"),
         ))
@@ -79,7 +87,7 @@ class Invocation:
             error_type = str(json.loads(body).get("errorType") or "Unhandled")
         except (ValueError, AttributeError):
             error_type = "Unhandled"
-        return self.finish(Outcome(self.request_id, body, "application/json", True, error_type))
+        return self.finish(InvocationOutcome(self.request_id, body, "application/json", True, error_type))
 
 
 def timeout_error(request_id: str, timeout: float) -> dict[str, object]:
@@ -110,7 +118,7 @@ def _signal_word(sig: object) -> str:
 
 
 def report_line(request_id: str, duration_ms: float, memory_mb: int, max_memory_mb: int,
-                init_ms: float | None, status: str | None = None) -> str:
+                init_ms: float | None, status: ReportStatus | None = None) -> str:
     parts = [
         f"REPORT RequestId: {request_id}",
         f"Duration: {duration_ms:.2f} ms",

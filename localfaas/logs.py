@@ -10,6 +10,7 @@ log line, prefixed with the function's name, as the log files have them.
 
 from __future__ import annotations
 
+import enum
 import json
 import statistics
 import sys
@@ -19,7 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
 
-CONSOLE_MODES = ("quiet", "full")
+
+class ConsoleMode(enum.StrEnum):
+    QUIET = "quiet"  # cold starts, failures and a periodic summary
+    FULL = "full"  # every function log line too
+
 MAX_MESSAGE = 200  # characters of an error message on the console; the log file has all of it
 
 
@@ -45,14 +50,14 @@ def error_summary(body: bytes) -> tuple[str, str]:
 
 
 class LogSink:
-    def __init__(self, directory: Path, console: TextIO | None = None, mode: str = "quiet",
-                 summary_seconds: float = 10.0) -> None:
-        if mode not in CONSOLE_MODES:
-            raise ValueError(f"console mode must be one of {', '.join(CONSOLE_MODES)}, not {mode!r}")
+    def __init__(self, directory: Path, console: TextIO | None = None,
+                 mode: ConsoleMode | str = ConsoleMode.QUIET, summary_seconds: float = 10.0) -> None:
+        if mode not in set(ConsoleMode):
+            raise ValueError(f"console mode must be one of {', '.join(ConsoleMode)}, not {mode!r}")
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.console = console if console is not None else sys.stdout
-        self.full = mode == "full"
+        self.full = mode == ConsoleMode.FULL
         self.summary_seconds = summary_seconds
         self._files: dict[str, IO[str]] = {}
         self._width = 12

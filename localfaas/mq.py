@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 import pika
@@ -22,11 +22,18 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from localfaas.invocation import Outcome
+from localfaas.invocation import InvocationOutcome
 from localfaas.logs import LogSink
 from localfaas.template import MqEvent
 
-Message = tuple[Basic.Deliver, BasicProperties, bytes]
+
+class Delivery(NamedTuple):
+    """One message as the broker delivered it to the mapping's consumer."""
+
+    method: Basic.Deliver
+    properties: BasicProperties
+    body: bytes
+
 
 DEFAULT_HEARTBEAT = 30
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 5.0
@@ -90,7 +97,7 @@ def basic_properties(properties: BasicProperties, body: bytes) -> dict[str, Any]
     }
 
 
-def build_event(event: MqEvent, messages: Sequence[Message]) -> dict[str, Any]:
+def build_event(event: MqEvent, messages: Sequence[Delivery]) -> dict[str, Any]:
     """The `aws:rmq` event for one batch; one mapping reads one queue, hence one key."""
     return {
         "eventSource": "aws:rmq",
@@ -126,7 +133,7 @@ class _Cancelled(Exception):
 
 class MqMapping:
     def __init__(self, function_name: str, event: MqEvent, broker_url: str,
-                 invoke: Callable[[bytes], Awaitable[Outcome]], loop: asyncio.AbstractEventLoop,
+                 invoke: Callable[[bytes], Awaitable[InvocationOutcome]], loop: asyncio.AbstractEventLoop,
                  logs: LogSink) -> None:
         self.function_name = function_name
         self.event = event
@@ -224,12 +231,12 @@ class MqMapping:
         self._connection = connection = pika.BlockingConnection(self.parameters)
         channel = connection.channel()
         channel.basic_qos(prefetch_count=self.event.batch_size)
-        pending: list[tuple[float, Message]] = []  # (arrival time, message)
+        pending: list[tuple[float, Delivery]] = []  # (arrival time, message)
         cancelled: list[bool] = []
 
         def on_message(_channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties,
                        body: bytes) -> None:
-            pending.append((time.monotonic(), (method, properties, body)))
+            pending.append((time.monotonic(), Delivery(method, properties, body)))
 
         channel.add_on_cancel_callback(lambda _frame: cancelled.append(True))
         channel.basic_consume(self.event.queue, on_message)
@@ -254,7 +261,7 @@ class MqMapping:
             connection.process_data_events(time_limit=max(0.0, min(wait, POLL_SECONDS)))
 
     def _deliver(self, connection: pika.BlockingConnection, channel: BlockingChannel,
-                 batch: list[Message]) -> None:
+                 batch: list[Delivery]) -> None:
         self.batches += 1
         self.messages += len(batch)
         payload = json.dumps(build_event(self.event, batch)).encode()
@@ -275,7 +282,7 @@ class MqMapping:
         error = self._error_of(future)
         # The batch is always the oldest unsettled deliveries on this channel (later ones sit in
         # `pending` with higher tags), so settling up to its last tag with multiple=True is exact.
-        last_tag = batch[-1][0].delivery_tag
+        last_tag = batch[-1].method.delivery_tag
         if error is None:
             channel.basic_ack(delivery_tag=last_tag, multiple=True)
             self.acked += len(batch)
@@ -286,12 +293,12 @@ class MqMapping:
             self.last_error = f"batch failed: {error}"
             self._log(f"batch of {len(batch)} failed ({error}); messages requeued")
 
-    def _wait(self, future: concurrent.futures.Future[Outcome]) -> None:
+    def _wait(self, future: concurrent.futures.Future[InvocationOutcome]) -> None:
         while not future.done() and not self._stopping.is_set():
             self._stopping.wait(0.1)
 
     @staticmethod
-    def _error_of(future: concurrent.futures.Future[Outcome]) -> str | None:
+    def _error_of(future: concurrent.futures.Future[InvocationOutcome]) -> str | None:
         try:
             outcome = future.result()
         except Exception as exc:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 
 from localfaas.environment import Environment, State, lambda_environment
-from localfaas.invocation import Invocation, Outcome, Throttled
+from localfaas.invocation import Invocation, InvocationOutcome, Throttled
 from localfaas.logs import LogSink
 from localfaas.template import FunctionSpec
 
@@ -47,7 +47,7 @@ class FunctionPool:
                 "generation": self.generation, "invocations": self.invocations,
                 "throttles": self.throttles, "max_concurrency": self.max_concurrency}
 
-    async def invoke(self, invocation: Invocation, *, wait_for_capacity: bool = False) -> Outcome:
+    async def invoke(self, invocation: Invocation, *, wait_for_capacity: bool = False) -> InvocationOutcome:
         """Run one invocation. Raises Throttled when at the cap, unless the caller waits for
         capacity (asynchronous and event-source invocations do; synchronous callers do not)."""
         environment = self._acquire()

@@ -7,6 +7,7 @@ frozen specs. Everything the template says that localfaas does not emulate ends 
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import os
@@ -54,9 +55,16 @@ class CorsConfig:
     max_age: int = 0
 
 
+class AuthType(enum.StrEnum):
+    """A function URL's FunctionUrlConfig.AuthType."""
+
+    NONE = "NONE"  # anyone may call it
+    AWS_IAM = "AWS_IAM"  # SigV4-signed by a known key (localfaas/sigv4.py)
+
+
 @dataclass(frozen=True)
 class UrlConfig:
-    auth_type: str
+    auth_type: AuthType
     invoke_mode: str = "BUFFERED"
     cors: CorsConfig | None = None
 
@@ -321,9 +329,10 @@ class _TemplateReader:
     def _url_config(self, where: str, config: dict[str, Any] | None) -> UrlConfig | None:
         if not config:
             return None
-        auth_type = config.get("AuthType")
-        if auth_type not in ("NONE", "AWS_IAM"):
-            raise TemplateError(f"{where}: FunctionUrlConfig.AuthType must be NONE or AWS_IAM")
+        try:
+            auth_type = AuthType(config.get("AuthType"))
+        except ValueError:
+            raise TemplateError(f"{where}: FunctionUrlConfig.AuthType must be NONE or AWS_IAM") from None
         for key in config:
             if key not in ("AuthType", "InvokeMode", "Cors"):
                 self.warnings.append(f"{where}: FunctionUrlConfig.{key} is not supported (ignored)")

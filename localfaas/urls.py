@@ -19,13 +19,13 @@ from multidict import CIMultiDict
 
 from localfaas import sigv4
 from localfaas.aws import ACCOUNT_ID, MAX_PAYLOAD_BYTES, user_arn
-from localfaas.invocation import Invocation, Outcome, Throttled, new_request_id, new_trace_id
+from localfaas.invocation import Invocation, InvocationOutcome, Throttled, new_request_id, new_trace_id
 from localfaas.sigv4 import Caller
-from localfaas.template import CorsConfig, FunctionSpec
+from localfaas.template import AuthType, CorsConfig, FunctionSpec
 
 _TEXT_TYPES = ("text/", "application/json", "application/javascript", "application/xml")
 
-Invoker = Callable[[FunctionSpec, Invocation], Awaitable[Outcome]]
+Invoker = Callable[[FunctionSpec, Invocation], Awaitable[InvocationOutcome]]
 
 
 @functools.lru_cache(maxsize=256)
@@ -59,7 +59,7 @@ def build_event(request: web.BaseRequest, body: bytes, spec: FunctionSpec, reque
     headers.setdefault("x-forwarded-port", str(request.url.port or 80))
     url = request.rel_url
     now = time.time()
-    auth_type = spec.url.auth_type if spec.url else "NONE"
+    auth_type = spec.url.auth_type if spec.url else AuthType.NONE
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": "$default",
@@ -75,7 +75,7 @@ def build_event(request: web.BaseRequest, body: bytes, spec: FunctionSpec, reque
             query[key] = f"{query[key]},{value}" if key in query else value
         event["queryStringParameters"] = query
     event["requestContext"] = {
-        "accountId": "anonymous" if auth_type == "NONE" else ACCOUNT_ID,
+        "accountId": "anonymous" if auth_type is AuthType.NONE else ACCOUNT_ID,
         "apiId": url_id(spec.name),
         "domainName": host,
         "domainPrefix": host.split(".")[0],
@@ -134,7 +134,7 @@ class BadGateway(Exception):
     """The function answered something a function URL cannot turn into an HTTP response."""
 
 
-def map_response(outcome: Outcome) -> web.Response:
+def map_response(outcome: InvocationOutcome) -> web.Response:
     if outcome.function_error:
         raise BadGateway(outcome.error_type or "Unhandled")
     try:
@@ -204,7 +204,7 @@ class FunctionUrl:
             request.writer.output_size = 0
         body = await request.read()
         caller = None
-        if spec.url is not None and spec.url.auth_type == "AWS_IAM":
+        if spec.url is not None and spec.url.auth_type is AuthType.AWS_IAM:
             try:
                 caller = sigv4.verify(request.method, request.rel_url.raw_path,
                                       request.rel_url.raw_query_string,

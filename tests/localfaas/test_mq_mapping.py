@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 import pika
 import pytest
 
-from localfaas.invocation import Outcome
+from localfaas.invocation import InvocationOutcome
 from localfaas.logs import LogSink
 from localfaas.mq import MqMapping
 from localfaas.template import MqEvent
@@ -123,14 +123,14 @@ def test_consumer_waits_for_its_queue_survives_a_broker_drop_and_stops(tmp_path:
     queue = f"lf-test-{uuid.uuid4().hex[:12]}"
     received: list[dict[str, Any]] = []
 
-    async def invoke(payload: bytes) -> Outcome:
+    async def invoke(payload: bytes) -> InvocationOutcome:
         event = json.loads(payload)
         received.append(event)
         [messages] = event["rmqMessagesByQueue"].values()
         if any(json.loads(base64.b64decode(m["data"])).get("raise") and not m["redelivered"]
                for m in messages):
             raise RuntimeError("invoke itself failed")
-        return Outcome("request", b"null")
+        return InvocationOutcome("request", b"null")
 
     loop = asyncio.new_event_loop()
     loop_thread = threading.Thread(target=loop.run_forever, daemon=True)
