@@ -17,6 +17,7 @@ from taskcore.errors import ValidationError
 from taskcore.json_body import bounded, parse_json, refused
 from taskcore.registry import TASK_TYPES, PayloadError
 from taskcore.settings import Settings
+from taskcore.states import FINAL_STATUSES, TaskStatus
 
 TASK_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 # Ids per GET /results?ids=: 100 UUIDs make a 3.7 KB request line, within every HTTP server's default.
@@ -26,8 +27,6 @@ MAX_COMPLEXITY = 10
 DEFAULT_COMPLEXITY = 1
 MAX_PAYLOAD_DEPTH = 8
 TASK_FIELDS = frozenset({"type", "payload", "complexity", "task_id", "cache"})
-FINAL_STATUSES = frozenset({"succeeded", "failed"})
-RESULT_STATUSES = FINAL_STATUSES
 
 
 class MessageError(ValueError):
@@ -119,7 +118,7 @@ class TaskResult:
 
     task_id: str
     fingerprint: str
-    status: str
+    status: TaskStatus  # final: succeeded or failed
     worker_id: str
     started_at: int
     finished_at: int
@@ -129,7 +128,7 @@ class TaskResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(vars(self))
-        data.pop("error" if self.status == "succeeded" else "result")
+        data.pop("error" if self.status == TaskStatus.SUCCEEDED else "result")
         return data
 
     def to_json(self) -> bytes:
@@ -139,17 +138,18 @@ class TaskResult:
     def from_json(cls, body: bytes | str) -> TaskResult:
         data = _load_object(body)
         status = _field(data, "status", str)
-        if status not in RESULT_STATUSES:
+        if status not in FINAL_STATUSES:
             raise MessageError(f"result message: status must be succeeded or failed, not {status!r}")
+        status = TaskStatus(status)
         error = data.get("error")
-        if status == "failed" and not isinstance(error, str):
+        if status is TaskStatus.FAILED and not isinstance(error, str):
             raise MessageError("result message: a failed result needs an error string")
         return cls(
             task_id=_field(data, "task_id", str), fingerprint=_field(data, "fingerprint", str),
             status=status, worker_id=_field(data, "worker_id", str),
             started_at=_field(data, "started_at", int), finished_at=_field(data, "finished_at", int),
             attempt=_field(data, "attempt", int), result=data.get("result"),
-            error=error if status == "failed" else None,
+            error=error if status is TaskStatus.FAILED else None,
         )
 
 

@@ -20,8 +20,9 @@ import redis
 
 from taskcore import scripts
 from taskcore.keys import Keys
-from taskcore.messages import FINAL_STATUSES, Task, TaskResult
+from taskcore.messages import Task, TaskResult
 from taskcore.settings import Settings
+from taskcore.states import FINAL_STATUSES, Admitted, CacheOutcome, Completion, RunVerdict, TaskStatus
 
 # Record fields stored as JSON text, decoded by get().
 _JSON_FIELDS = ("payload", "result")
@@ -34,8 +35,8 @@ _RECENT_PAGE = 100
 # admission token, so a page of a hundred stays small.
 _LISTED_FIELDS = ("status", "type", "complexity", "cache", "worker_id", "leader", "attempt", "fingerprint",
                   "submitted_at", "started_at", "finished_at", "result", "error")
-_STAT_FIELDS = ("cache_hit", "cache_miss", "cache_coalesced", "cache_bypass", "exists",
-                "succeeded", "failed", "queued", "running")
+# The counters of the stats hash (scripts.py writes them by these names).
+_STAT_FIELDS = (*(f"cache_{c}" for c in CacheOutcome), Admitted.EXISTS, *TaskStatus)
 
 
 def now_ms() -> int:
@@ -44,13 +45,12 @@ def now_ms() -> int:
 
 @dataclass(frozen=True)
 class Admission:
-    """What admission decided for one task. `outcome` is "dispatch" (publish it), "hit",
-    "coalesced" or "exists"; `cache` is the record's hit|miss|coalesced|bypass."""
+    """What admission decided for one task (`outcome`), and the record's status and cache."""
 
     task: Task
-    outcome: str
-    status: str
-    cache: str
+    outcome: Admitted
+    status: TaskStatus
+    cache: CacheOutcome
     worker_id: str
     leader: str = ""
     token: str = ""
@@ -58,12 +58,12 @@ class Admission:
 
     @property
     def needs_publish(self) -> bool:
-        return self.outcome == "dispatch"
+        return self.outcome is Admitted.DISPATCH
 
     def reply(self) -> dict[str, Any]:
         """The per-task answer of POST /supervise."""
         reply = {"task_id": self.task.task_id, "status": self.status, "cache": self.cache,
-                 "worker_id": self.worker_id, "existing": self.outcome == "exists"}
+                 "worker_id": self.worker_id, "existing": self.outcome is Admitted.EXISTS}
         if self.result_json:
             # A hit is final at once: its result comes with the answer, no GET needed.
             reply["result"] = json.loads(self.result_json)
@@ -81,14 +81,14 @@ class TaskStorage(Protocol):
         """Reverts admissions whose publish failed; returns how many records were removed."""
         ...
 
-    def complete(self, results: Sequence[TaskResult], now: int) -> list[str]:
-        """Stores results with their followers, idempotently: "completed", "duplicate", or
-        "unknown" / "unknown_leader" (no record: nothing stored, see scripts.COMPLETE) each."""
+    def complete(self, results: Sequence[TaskResult], now: int) -> list[Completion]:
+        """Stores results with their followers, idempotently: a Completion each (unknown and
+        unknown_leader: no record, nothing stored, see scripts.COMPLETE)."""
         ...
 
     def mark_running(self, task_id: str, worker_id: str, attempt: int, started_at: int,
-                     complexity: int) -> str:
-        """A worker starts an attempt: "running", "final" (skip it) or "missing"."""
+                     complexity: int) -> RunVerdict:
+        """A worker starts an attempt: running, final (skip it) or missing (drop it)."""
         ...
 
     def get(self, task_id: str) -> dict[str, Any] | None:
@@ -169,12 +169,12 @@ class TaskStore:
         if reply in (b"expired", "expired"):
             raise redis.TimeoutError("the task store ran the admission after its deadline: nothing admitted")
         decided = json.loads(reply)
-        return [Admission(task, d["outcome"], d["status"], d["cache"], d["worker_id"], d["leader"], token,
-                          d.get("result", ""))
+        return [Admission(task, Admitted(d["outcome"]), TaskStatus(d["status"]), CacheOutcome(d["cache"]),
+                          d["worker_id"], d["leader"], token, d.get("result", ""))
                 for task, d in zip(tasks, decided, strict=True)]
 
     def undo(self, admissions: Sequence[Admission], now: int) -> int:
-        undoable = [a for a in admissions if a.outcome != "exists"]
+        undoable = [a for a in admissions if a.outcome is not Admitted.EXISTS]
         if not undoable:
             return 0
         args: list[Any] = [self.keys.prefix, now, self.settings.result_ttl, self.settings.done_ttl,
@@ -194,26 +194,26 @@ class TaskStore:
 
     # Completion ---------------------------------------------------------------------------------
 
-    def complete(self, results: Sequence[TaskResult], now: int | None = None) -> list[str]:
+    def complete(self, results: Sequence[TaskResult], now: int | None = None) -> list[Completion]:
         if not results:
             return []
         now = now_ms() if now is None else now
         args: list[Any] = [self.keys.prefix, self.settings.cache_ttl, self.settings.result_ttl,
                            self.settings.done_ttl, now // 60_000, len(results)]
         for r in results:
-            succeeded = r.status == "succeeded"
+            succeeded = r.status == TaskStatus.SUCCEEDED
             args += [r.task_id, r.fingerprint, r.status,
                      json.dumps(r.result, separators=(",", ":")) if succeeded else "",
                      "" if succeeded else (r.error or ""),
                      r.worker_id, r.started_at, r.finished_at, r.attempt]
-        return json.loads(self._complete(args=args))
+        return [Completion(outcome) for outcome in json.loads(self._complete(args=args))]
 
     def mark_running(self, task_id: str, worker_id: str, attempt: int, started_at: int,
-                     complexity: int = 1) -> str:
-        outcome = self._mark_running(args=[
+                     complexity: int = 1) -> RunVerdict:
+        verdict = self._mark_running(args=[
             self.keys.prefix, task_id, worker_id, started_at, attempt, self.settings.result_ttl,
             self.settings.running_ttl_ms(complexity)])
-        return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+        return RunVerdict(verdict.decode() if isinstance(verdict, bytes) else verdict)
 
     # Reading ------------------------------------------------------------------------------------
 
@@ -334,12 +334,12 @@ class TaskStore:
         raw, recent = pipe.execute()
         counts = {name: 0 for name in _STAT_FIELDS}
         counts.update({k.decode(): int(v) for k, v in raw.items()})
-        admitted = sum(counts[f"cache_{c}"] for c in ("hit", "miss", "coalesced", "bypass"))
+        admitted = sum(counts[f"cache_{c}"] for c in CacheOutcome)
         finished = sum(int(v) for v in recent if v is not None)
         return {
-            "tasks": {s: counts[s] for s in ("queued", "running", "succeeded", "failed")},
-            "cache": {c: counts[f"cache_{c}"] for c in ("hit", "miss", "coalesced", "bypass")},
-            "existing_ids": counts["exists"],
+            "tasks": {s.value: counts[s] for s in TaskStatus},
+            "cache": {c.value: counts[f"cache_{c}"] for c in CacheOutcome},
+            "existing_ids": counts[Admitted.EXISTS],
             "cache_hit_ratio": round(counts["cache_hit"] / admitted, 4) if admitted else 0.0,
             # Hits plus coalesced: the share of tasks that did not need their own computation.
             "cache_saved_ratio": round((counts["cache_hit"] + counts["cache_coalesced"]) / admitted, 4)

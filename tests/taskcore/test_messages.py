@@ -21,6 +21,7 @@ from taskcore.messages import (
     validate_submission,
 )
 from taskcore.settings import Settings
+from taskcore.states import TaskStatus
 
 SETTINGS = Settings.from_env({}, max_batch=3, max_body_bytes=4096)
 ROOMY = Settings.from_env({})  # the default limits (1 MiB)
@@ -280,14 +281,17 @@ def test_unparseable_task_messages(raw: bytes) -> None:
 
 
 def test_result_round_trip_and_shape() -> None:
-    ok = TaskResult("a", "fp", "succeeded", "w1", 1, 2, 1, result={"slept": 1})
+    ok = TaskResult("a", "fp", TaskStatus.SUCCEEDED, "w1", 1, 2, 1, result={"slept": 1})
     assert json.loads(ok.to_json()) == {"task_id": "a", "fingerprint": "fp", "status": "succeeded",
                                         "result": {"slept": 1}, "worker_id": "w1", "started_at": 1,
                                         "finished_at": 2, "attempt": 1}
     assert TaskResult.from_json(ok.to_json()) == ok
-    bad = TaskResult("b", "fp", "failed", "w1", 1, 2, 3, error="TaskFailed: boom")
+    assert TaskResult.from_json(ok.to_json()).status is TaskStatus.SUCCEEDED  # the word read back as a member
+    bad = TaskResult("b", "fp", TaskStatus.FAILED, "w1", 1, 2, 3, error="TaskFailed: boom")
     assert "result" not in json.loads(bad.to_json())
     assert TaskResult.from_json(bad.to_json()) == bad
+    # A plain word (as the worker fleet may pass) makes the same message.
+    assert TaskResult("b", "fp", "failed", "w1", 1, 2, 3, error="TaskFailed: boom").to_json() == bad.to_json()
 
 
 @pytest.mark.parametrize("raw", [b"{}", b'{"task_id":"a","fingerprint":"f","status":"done","worker_id":"w",'

@@ -12,6 +12,7 @@ import redis
 
 from taskcore.messages import Task, TaskResult, TaskSpec
 from taskcore.settings import Settings
+from taskcore.states import Admitted, CacheOutcome, Completion, RunVerdict, TaskStatus
 from taskcore.store import TaskStore
 from tests.taskcore.conftest import Namespace, count_keys, make_settings
 
@@ -41,6 +42,11 @@ def test_leader_then_coalesced_then_hit(store: TaskStore, ns: Namespace) -> None
     [leader] = store.admit([a], NOW)
     assert (leader.outcome, leader.status, leader.cache, leader.worker_id) == (
         "dispatch", "queued", "miss", "w1")
+    # The scripts' words come back as taskcore.states members, not bare strings.
+    assert (leader.outcome, leader.status, leader.cache) == (Admitted.DISPATCH, TaskStatus.QUEUED,
+                                                             CacheOutcome.MISS)
+    assert all(type(word) is kind for word, kind in ((leader.outcome, Admitted), (leader.status, TaskStatus),
+                                                     (leader.cache, CacheOutcome)))
     assert store.redis.get(ns.keys.inflight(a.fingerprint)) == b"a"
     pttl = store.redis.pttl(ns.keys.inflight(a.fingerprint))
     assert 0 < pttl <= store.settings.inflight_ttl_ms(1)
@@ -52,7 +58,8 @@ def test_leader_then_coalesced_then_hit(store: TaskStore, ns: Namespace) -> None
     assert store.redis.smembers(ns.keys.followers(a.fingerprint)) == {b"b"}
     assert store.get("b")["leader"] == "a"
 
-    assert store.complete([result(a)], NOW + 3) == ["completed"]
+    [completed] = store.complete([result(a)], NOW + 3)
+    assert completed == "completed" and completed is Completion.COMPLETED
     [hit] = store.admit([c], NOW + 4)
     assert (hit.outcome, hit.status, hit.cache) == ("hit", "succeeded", "hit")
     assert hit.reply()["result"] == 4 and "result" not in leader.reply()  # a hit answers with its result
@@ -192,15 +199,15 @@ def test_complete_is_idempotent(store: TaskStore, ns: Namespace) -> None:
 def test_mark_running(store: TaskStore, ns: Namespace) -> None:
     a = task("a", complexity=2)
     store.admit([a], NOW)
-    assert store.mark_running("a", "w9", 1, NOW + 10, complexity=2) == "running"
+    assert store.mark_running("a", "w9", 1, NOW + 10, complexity=2) is RunVerdict.RUNNING
     record = store.get("a")
     assert (record["status"], record["worker_id"], record["attempt"], record["started_at"]) == (
         "running", "w9", 1, NOW + 10)
     assert store.redis.pttl(ns.keys.inflight(a.fingerprint)) <= store.settings.running_ttl_ms(2)
     assert store.stats(NOW)["tasks"]["running"] == 1
     store.complete([result(a)], NOW)
-    assert store.mark_running("a", "w9", 2, NOW + 20) == "final"
-    assert store.mark_running("nobody", "w9", 1, NOW) == "missing"
+    assert store.mark_running("a", "w9", 2, NOW + 20) is RunVerdict.FINAL
+    assert store.mark_running("nobody", "w9", 1, NOW) is RunVerdict.MISSING
     stats = store.stats(NOW)
     assert stats["tasks"] == {"queued": 0, "running": 0, "succeeded": 1, "failed": 0}
 
