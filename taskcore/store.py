@@ -58,12 +58,12 @@ class Admission:
 
     @property
     def needs_publish(self) -> bool:
-        return self.outcome is Admitted.DISPATCH
+        return self.outcome == Admitted.DISPATCH
 
     def reply(self) -> dict[str, Any]:
         """The per-task answer of POST /supervise."""
         reply = {"task_id": self.task.task_id, "status": self.status, "cache": self.cache,
-                 "worker_id": self.worker_id, "existing": self.outcome is Admitted.EXISTS}
+                 "worker_id": self.worker_id, "existing": self.outcome == Admitted.EXISTS}
         if self.result_json:
             # A hit is final at once: its result comes with the answer, no GET needed.
             reply["result"] = json.loads(self.result_json)
@@ -174,7 +174,7 @@ class TaskStore:
                 for task, d in zip(tasks, decided, strict=True)]
 
     def undo(self, admissions: Sequence[Admission], now: int) -> int:
-        undoable = [a for a in admissions if a.outcome is not Admitted.EXISTS]
+        undoable = [a for a in admissions if a.outcome != Admitted.EXISTS]
         if not undoable:
             return 0
         args: list[Any] = [self.keys.prefix, now, self.settings.result_ttl, self.settings.done_ttl,
