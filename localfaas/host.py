@@ -18,6 +18,7 @@ from aiohttp import web
 
 from localfaas.api import LambdaApi
 from localfaas.aws import MAX_PAYLOAD_BYTES
+from localfaas.backoff import Backoff
 from localfaas.httpserver import bare_server
 from localfaas.invocation import Invocation, InvocationOutcome, new_request_id
 from localfaas.logs import ConsoleMode, LogSink
@@ -41,6 +42,9 @@ class HostConfig:
     minute_seconds: float = 60.0  # shorten schedule rates for development
     console: ConsoleMode = ConsoleMode.QUIET  # or FULL: every function log line on the console, too
     summary_seconds: float = 10.0  # the quiet console's summary line, when something ran
+
+
+ASYNC_RETRIES = 2  # Lambda retries a failed Event invocation twice
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -219,15 +223,16 @@ class Host:
         return request_id
 
     async def _run_async(self, name: str, payload: bytes, request_id: str) -> None:
-        delays = (self.config.async_retry_seconds, 2 * self.config.async_retry_seconds)
-        for attempt in range(3):
+        backoff = Backoff(first=self.config.async_retry_seconds)  # ~1 min, then ~2
+        for retry in range(ASYNC_RETRIES + 1):
             invocation = Invocation(payload, request_id=request_id)
             outcome = await self.invoke(name, invocation, wait_for_capacity=True)
-            if outcome.ok or attempt == 2:
+            if outcome.ok or retry == ASYNC_RETRIES:
                 return
+            delay = backoff.delay(retry)
             self.logs.host(f"{name}: async invocation {request_id} failed "
-                           f"({outcome.error_type}); retrying in {delays[attempt]:.0f}s")
-            await asyncio.sleep(delays[attempt])
+                           f"({outcome.error_type}); retrying in {delay:.0f}s")
+            await asyncio.sleep(delay)
 
     def _fire_schedule(self, name: str, payload: bytes) -> None:
         self.invoke_async(name, payload)

@@ -22,6 +22,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
+from localfaas.backoff import Backoff
 from localfaas.invocation import InvocationOutcome
 from localfaas.logs import LogSink
 from localfaas.template import MqEvent
@@ -36,7 +37,7 @@ class Delivery(NamedTuple):
 
 
 DEFAULT_HEARTBEAT = 30
-BACKOFF_FIRST, BACKOFF_MAX = 0.5, 5.0
+RECONNECT_BACKOFF = Backoff(first=0.5, factor=2.0, limit=5.0)
 JOIN_SECONDS = 5.0
 # Upper bound on one blocking wait: the stop flag is honoured at least this often even if a
 # wake-up callback is lost in a race with the connection closing.
@@ -185,7 +186,7 @@ class MqMapping:
     # -- the consumer thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        delay = BACKOFF_FIRST
+        retry = 0  # reconnects since a connection was last up
         while not self._stopping.is_set():
             connections = self.connections
             try:
@@ -199,9 +200,9 @@ class MqMapping:
             if self._stopping.is_set():
                 break
             if self.connections > connections:  # it was up: this is a fresh outage
-                delay = BACKOFF_FIRST
-            self._stopping.wait(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
+                retry = 0
+            self._stopping.wait(RECONNECT_BACKOFF.delay(retry))
+            retry += 1
 
     def _failed(self, exc: Exception, reached: bool) -> None:
         if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code == 404:
@@ -219,7 +220,8 @@ class MqMapping:
         # Say it once per distinct problem, not once per retry.
         if error != self._reported:
             self._reported = error
-            self._log(f"{error}; retrying (backoff {BACKOFF_FIRST:g}s doubling to {BACKOFF_MAX:g}s)")
+            self._log(f"{error}; retrying (backoff {RECONNECT_BACKOFF.first:g}s doubling to "
+                      f"{RECONNECT_BACKOFF.limit:g}s)")
 
     def _close(self) -> None:
         connection, self._connection = self._connection, None
