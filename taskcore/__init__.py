@@ -6,6 +6,7 @@ Flat modules, one job each (docs/taskcore.md records their contracts):
     registry      TASK_TYPES: the task types, their payload schemas and computations
     work          the deterministic computations (primes, hash, sleep, fail)
     messages      TaskSpec / Task / TaskResult, fingerprint(), validation of every request input
+    states        the system's words as str enums: TaskStatus, Admitted, CacheOutcome, RunVerdict, Completion
     json_body     a request body read as JSON under the API's limits; refused values quoted in errors
     errors        the HTTP error shape, the status of each error code, the exceptions that map to them
     scripts       the Lua scripts (admission, undo, completion, running, reaping, reassigning, reads)
@@ -19,8 +20,9 @@ Flat modules, one job each (docs/taskcore.md records their contracts):
     function_url  function_url_handler(app): Lambda function URLs in front of Chalice
 
 Third-party packages are imported at the top of the modules that use them: pika by broker and
-dispatch; redis by store, dispatch and results (http only looks it up, so that the producer never
-loads it); chalice by http; urllib3 by producer; botocore by signing. settings, keys, registry,
-work, messages, json_body, errors, scripts and function_url need only the standard library (and
-each other), so importing taskcore.messages, for one, pulls in no broker or Redis client.
+dispatch; redis by store, dispatch and results; chalice by http; urllib3 by producer; botocore by
+signing. settings, keys, registry, work, messages, states, json_body, errors, scripts and
+function_url need only the standard library (and each other), so importing taskcore.messages, for
+one, pulls in no broker or Redis client. http maps Redis's errors to 503 without importing redis
+(it looks the module up), so the producer, which has no store, never loads it.
 """
