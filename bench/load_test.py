@@ -26,12 +26,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
 
+from dotenv import dotenv_values
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import driver, report, workload  # noqa: E402
-from localfaas.template import read_env_file  # noqa: E402
 from taskcore.signing import Signer  # noqa: E402
 
 
@@ -73,7 +74,7 @@ def state_urls(path: Path) -> tuple[str, str]:
 def local_signer(env_file: Path) -> Signer | None:
     """SigV4 with the credentials of the environment, else of the env file (`make run`'s key pair,
     which localfaas accepts on AWS_IAM URLs such as the supervisor's)."""
-    return Signer.from_env(os.environ) or (Signer.from_env(read_env_file(env_file))
+    return Signer.from_env(os.environ) or (Signer.from_env(dotenv_values(env_file, interpolate=False))
                                            if env_file.exists() else None)
 
 

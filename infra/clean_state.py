@@ -44,8 +44,8 @@ if str(ROOT) not in sys.path:
 import pika  # noqa: E402
 import pika.exceptions  # noqa: E402
 import redis  # noqa: E402
+from dotenv import dotenv_values  # noqa: E402
 
-from localfaas.template import read_env_file  # noqa: E402
 from taskcore.keys import OWNER, Keys, namespace_of  # noqa: E402
 
 # An unowned namespace with a worker heartbeat this recent is in use (workers beat every 2 s).
@@ -60,7 +60,8 @@ class Services:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Services:
-        env = {**read_env_file(ROOT / "infra" / "local.env"), **(os.environ if environ is None else environ)}
+        env = {**dotenv_values(ROOT / "infra" / "local.env", interpolate=False),
+               **(os.environ if environ is None else environ)}
         return cls(env["RABBITMQ_URL"], env["REDIS_URL"])
 
     @property

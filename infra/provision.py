@@ -19,12 +19,12 @@ sys.path.insert(0, str(ROOT))
 
 import pika  # noqa: E402
 import redis  # noqa: E402
+from dotenv import dotenv_values  # noqa: E402
 
-from localfaas.template import read_env_file  # noqa: E402
 
-
-def settings() -> dict[str, str]:
-    return {**read_env_file(ROOT / "infra" / "local.env"), **os.environ}
+def settings() -> dict[str, str | None]:
+    # interpolate=False: a value is taken as written (a password may hold a `$`).
+    return {**dotenv_values(ROOT / "infra" / "local.env", interpolate=False), **os.environ}
 
 
 def rabbitmq_user(url: str) -> None:

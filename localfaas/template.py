@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dotenv import dotenv_values
+
 from localfaas.aws import ACCOUNT_ID, function_arn, layer_arn, stack_id
 from localfaas.cfn import NO_VALUE, Intrinsics, TemplateError, load_yaml
 from localfaas.schedule_expression import parse_schedule
@@ -139,17 +141,6 @@ class Template:
 def parameter_key(name: str) -> str:
     """`RABBITMQ_URL`, `RabbitMqUrl` and `rabbitmq-url` name the same parameter."""
     return "".join(ch for ch in name.lower() if ch.isalnum())
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        values[key.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
-    return values
 
 
 def merge_globals(global_value: Any, local_value: Any) -> Any:
@@ -417,8 +408,11 @@ def _env_string(value: Any) -> str:
 
 
 def host_settings(env_file: Path | None) -> dict[str, str]:
-    """The env file's values, each overridden by the process environment when set there."""
-    settings = read_env_file(env_file) if env_file and env_file.exists() else {}
+    """The env file's values, each overridden by the process environment when set there. The
+    file is read by python-dotenv, values as written (no `${VAR}` expansion: a password may hold a
+    `$`); a bare `KEY` line without `=` sets nothing."""
+    read = dotenv_values(env_file, interpolate=False) if env_file and env_file.exists() else {}
+    settings = {key: value for key, value in read.items() if value is not None}
     return {key: os.environ.get(key, value) for key, value in settings.items()} | {
         key: os.environ[key] for key in ("RABBITMQ_URL", "AWS_REGION") if key in os.environ
     }

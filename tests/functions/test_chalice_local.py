@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
 
-from localfaas.template import read_env_file
 from taskfaas.stack import Stack, http
 
 ROOT = Path(__file__).parents[2]
 CHALICE = Path(sys.executable).parent / "chalice"  # the virtualenv's, .venv/bin/chalice
-LOCAL_ENV = read_env_file(ROOT / "infra" / "local.env")
+LOCAL_ENV = dotenv_values(ROOT / "infra" / "local.env", interpolate=False)
 
 
 class ChaliceLocal:
@@ -68,7 +68,7 @@ class ChaliceLocal:
 def producer(functions_stack: Stack, tmp_path: Path) -> Iterator[ChaliceLocal]:
     """The producer under chalice local: infra/local.env's settings, the stack's namespace, its
     supervisor's URL and the key pair that URL accepts (localfaas hands it to its functions)."""
-    credentials = read_env_file(functions_stack.host.run_dir.parent / "credentials.env")
+    credentials = dotenv_values(functions_stack.host.run_dir.parent / "credentials.env", interpolate=False)
     env = {**LOCAL_ENV, **credentials, "NAMESPACE": functions_stack.namespace,
            "SUPERVISOR_URL": functions_stack.supervisor}
     server = ChaliceLocal("producer", env, tmp_path / "chalice-local.log")

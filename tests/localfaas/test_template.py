@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from localfaas.cfn import TemplateError, load_yaml
-from localfaas.template import load_template, merge_globals, parameter_key, read_env_file
+from localfaas.template import host_settings, load_template, merge_globals, parameter_key
 
 TEMPLATE = """
 Transform: AWS::Serverless-2016-10-31
@@ -142,8 +142,13 @@ def test_globals_merge_rules() -> None:
     assert merge_globals({"Ref": "A"}, {"Ref": "B"}) == {"Ref": "B"}
 
 
-def test_parameter_key_and_env_file(tmp_path: Path) -> None:
+def test_parameter_key_and_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert parameter_key("RABBITMQ_URL") == parameter_key("RabbitMqUrl") == "rabbitmqurl"
+    for key in ("RABBITMQ_URL", "AWS_REGION", "A", "B", "C", "D", "E"):
+        monkeypatch.delenv(key, raising=False)
     env = tmp_path / "local.env"
-    env.write_text("# comment\nA=1\nexport B='two'\n\nC=x=y\n")
-    assert read_env_file(env) == {"A": "1", "B": "two", "C": "x=y"}
+    env.write_text("# comment\nA=1\nexport B='two'\n\nC=x=y\nD=pa$$word${A}\nE\n")
+    assert host_settings(env) == {"A": "1", "B": "two", "C": "x=y", "D": "pa$$word${A}"}
+    monkeypatch.setenv("A", "from the environment")
+    assert host_settings(env)["A"] == "from the environment"
+    assert host_settings(tmp_path / "missing.env") == {}
