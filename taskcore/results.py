@@ -28,6 +28,7 @@ import redis
 
 from taskcore.backoff import REDIS_RETRY
 from taskcore.messages import MessageError, TaskResult
+from taskcore.states import Completion
 from taskcore.store import TaskStore
 
 log = logging.getLogger("taskcore.results")
@@ -65,7 +66,7 @@ def store_batch(store: TaskStore, event: dict[str, Any], remaining_ms: Callable[
     invocation's time left) allows, then raises; dead-letters poison messages one by one."""
     results, unreadable = read_batch(event)
     poison = [(body, f"unreadable: {reason}") for body, reason in unreadable]
-    attempts, outcomes = 0, []  # outcomes: (result, "completed"|"duplicate"|"unknown"...)
+    attempts, outcomes = 0, []  # outcomes: (result, Completion)
     while results:
         attempts += 1
         try:
@@ -91,12 +92,13 @@ def store_batch(store: TaskStore, event: dict[str, Any], remaining_ms: Callable[
         for body, reason in poison:
             log.error("poison result message dead-lettered: %s: %r", reason, body[:200])
         dead_letter([(body, "") for body, _ in poison])
-    unknown = [(result, outcome) for result, outcome in outcomes if outcome.startswith("unknown")]
+    unknown = [(result, outcome) for result, outcome in outcomes
+               if outcome in (Completion.UNKNOWN, Completion.UNKNOWN_LEADER)]
     for result, outcome in unknown:
         log.warning("result for unknown task %s dropped (no record: never admitted here, or expired "
                     "or removed)%s: %s from %s, attempt %d", result.task_id,
-                    "; its followers got it" if outcome == "unknown_leader" else "", result.status,
+                    "; its followers got it" if outcome == Completion.UNKNOWN_LEADER else "", result.status,
                     result.worker_id or "?", result.attempt)
     done = [outcome for _, outcome in outcomes]
-    return {"stored": done.count("completed"), "duplicates": done.count("duplicate"),
+    return {"stored": done.count(Completion.COMPLETED), "duplicates": done.count(Completion.DUPLICATE),
             "unknown": len(unknown), "dead_lettered": len(poison), "attempts": attempts}
