@@ -11,7 +11,9 @@ Flat modules, one job each (docs/taskcore.md records their contracts):
     errors        the HTTP error shape, the status of each error code, the exceptions that map to them
     scripts       the Lua scripts (admission, undo, completion, running, reaping, reassigning, reads)
     store         TaskStore: Redis records, cache, coalescing, liveness, long-poll, stats
-    broker        topology declaration and the confirming Publisher
+    backoff       Backoff: the one retry/backoff policy (Redis retries, reconnects, task retry delays)
+    rabbitmq      everything RabbitMQ: the Broker interface, the topology, AmqpBroker (pika) and
+                  MemoryBroker (in memory, for unit tests)
     dispatch      submit(), janitor(), reports: the supervisor without HTTP
     results       store_batch(): the result handler without Lambda (retries, poison messages)
     producer      generate_tasks() and SupervisorClient: the producer without HTTP
@@ -19,8 +21,8 @@ Flat modules, one job each (docs/taskcore.md records their contracts):
     http          json_response(), api_errors: what the Chalice views share
     function_url  function_url_handler(app): Lambda function URLs in front of Chalice
 
-Third-party packages are imported at the top of the modules that use them: pika by broker and
-dispatch; redis by store, dispatch and results; chalice by http; urllib3 by producer; botocore by
+Third-party packages are imported at the top of the modules that use them: pika by rabbitmq.amqp
+only; redis by store, dispatch and results; chalice by http; urllib3 by producer; botocore by
 signing. settings, keys, registry, work, messages, states, json_body, errors, scripts and
 function_url need only the standard library (and each other), so importing taskcore.messages, for
 one, pulls in no broker or Redis client. http maps Redis's errors to 503 without importing redis

@@ -6,17 +6,14 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any
 
-import pika.exceptions
 import redis
-from pika.adapters.blocking_connection import BlockingChannel
 
-from taskcore.broker import Publisher, PublishError
 from taskcore.errors import Unavailable
-from taskcore.keys import SHARED, Keys, routing_key_for, worker_routing_key
+from taskcore.keys import SHARED, Keys, routing_key_for
 from taskcore.messages import MessageError, Task, TaskResult, TaskSpec, ValidationError
+from taskcore.rabbitmq import Broker, BrokerError, PublishError, QueueNotFound, QueueReader
 from taskcore.registry import TASK_TYPES
 from taskcore.settings import Settings
 from taskcore.store import Admission, TaskStore, now_ms
@@ -32,7 +29,7 @@ def assign_ids(specs: Sequence[TaskSpec]) -> list[TaskSpec]:
     return [spec if spec.task_id else spec.with_id(str(uuid.uuid4())) for spec in specs]
 
 
-def submit(specs: Sequence[TaskSpec], settings: Settings, store: TaskStore, publisher: Publisher,
+def submit(specs: Sequence[TaskSpec], settings: Settings, store: TaskStore, broker: Broker,
            now: int | None = None) -> list[dict[str, Any]]:
     """Admits the tasks and publishes the ones that must run, with broker confirms.
 
@@ -51,14 +48,14 @@ def submit(specs: Sequence[TaskSpec], settings: Settings, store: TaskStore, publ
     leaders = [(i, a) for i, a in enumerate(admissions) if a.needs_publish]
     try:
         try:
-            publisher.publish_tasks([(routing_key_for(a.worker_id), a.task) for _, a in leaders])
+            broker.publish_tasks([(routing_key_for(a.worker_id), a.task) for _, a in leaders])
         except PublishError as error:
             if not error.only_unroutable:
                 raise
             # A worker queue that is gone (its worker was reaped since it was picked): use the shared
             # queue, which every worker consumes.
             rerouted = [leaders[i] for i in error.unroutable]
-            publisher.publish_tasks([(routing_key_for(SHARED), a.task) for _, a in rerouted])
+            broker.publish_tasks([(routing_key_for(SHARED), a.task) for _, a in rerouted])
             store.reassign([a.task.task_id for _, a in rerouted], SHARED)
             for index, _ in rerouted:
                 replies[index]["worker_id"] = SHARED
@@ -78,18 +75,7 @@ def _undo(store: TaskStore, admissions: Sequence[Admission], now: int) -> None:
 
 # Janitor ------------------------------------------------------------------------------------------
 
-@contextmanager
-def _side_channel(publisher: Publisher):  # type: ignore[no-untyped-def]
-    """A channel of its own on the publisher's connection: a 404 on a passive declare closes only it."""
-    channel = publisher.channel.connection.channel()
-    try:
-        yield channel
-    finally:
-        if channel.is_open:
-            channel.close()
-
-
-def janitor(settings: Settings, store: TaskStore, publisher: Publisher,
+def janitor(settings: Settings, store: TaskStore, broker: Broker,
             now: int | None = None) -> dict[str, Any]:
     """Moves the queued tasks of dead workers to live ones (or the shared queue when none is live),
     deletes the dead workers' queues and forgets the workers; fails the dead-lettered tasks. Safe to
@@ -105,12 +91,12 @@ def janitor(settings: Settings, store: TaskStore, publisher: Publisher,
         try:
             # Unbound first, so nothing new lands in the queue while it is drained: a publish for
             # this worker is now unroutable, and submit() sends it to the shared queue instead.
-            if not _unbind(publisher, keys, worker):
+            if not broker.unbind_worker_queue(worker):
                 report["removed"] += store.forget_workers([worker], now)
                 continue
-            moved = _drain(queue, live, store, publisher)
-            deleted = _delete_if_idle(publisher, queue)
-        except (PublishError, pika.exceptions.AMQPError) as error:
+            moved = _drain(queue, live, store, broker)
+            deleted = broker.delete_if_idle(queue)
+        except BrokerError as error:
             log.warning("janitor: could not move %s: %r", queue, error)
             report["kept"].append(worker)
             continue
@@ -120,7 +106,7 @@ def janitor(settings: Settings, store: TaskStore, publisher: Publisher,
             report["removed"] += store.forget_workers([worker], now)
         else:
             report["kept"].append(worker)
-    report["failed_dead"] = fail_dead_tasks(store, publisher, keys, now)
+    report["failed_dead"] = fail_dead_tasks(store, broker, keys, now)
     return report
 
 
@@ -128,67 +114,51 @@ DEAD_LETTERED = ("dead-lettered: the broker gave up delivering this task (its de
                  "exceeded: every worker that took it crashed or rejected it)")
 
 
-def fail_dead_tasks(store: TaskStore, publisher: Publisher, keys: Keys, now: int) -> int:
+def fail_dead_tasks(store: TaskStore, broker: Broker, keys: Keys, now: int) -> int:
     """Fails the tasks the broker dead-lettered to tasks.dead (a worker crashed on each delivery,
     or rejected the message), with that reason, so that they and their followers end instead of
     waiting for their TTL; acks them once failed. Messages that are no task stay there, for an
     operator (and GET /stats) to see. Returns how many tasks it failed."""
     failed = 0
-    with _side_channel(publisher) as channel:
+    with broker.reader(keys.tasks_dead_queue) as reader:
         while True:
             tasks, garbage = [], []
             while len(tasks) + len(garbage) < JANITOR_BATCH:
                 try:
-                    method, _properties, body = channel.basic_get(keys.tasks_dead_queue, auto_ack=False)
-                except pika.exceptions.ChannelClosedByBroker as error:
-                    if error.reply_code == 404:  # no topology declared yet: nothing was dead-lettered
-                        return failed
-                    raise
-                if method is None:
+                    delivery = reader.get()
+                except QueueNotFound:  # no topology declared yet: nothing was dead-lettered
+                    return failed
+                if delivery is None:
                     break
                 try:
-                    tasks.append((method.delivery_tag, Task.from_json(body)))
+                    tasks.append((delivery.tag, Task.from_json(delivery.body)))
                 except MessageError:
-                    garbage.append(method.delivery_tag)  # held until the end of the batch, then returned
+                    garbage.append(delivery.tag)  # held until the end of the batch, then returned
             if tasks:
                 store.complete([TaskResult(task.task_id, task.fingerprint, "failed", "", now, now,
                                            task.attempt + 1, error=DEAD_LETTERED) for _, task in tasks], now)
                 for tag, _ in tasks:
-                    channel.basic_ack(tag)
+                    reader.ack(tag)
                 failed += len(tasks)
             for tag in garbage:
-                channel.basic_nack(tag, requeue=True)
+                reader.reject(tag, requeue=True)
             if len(tasks) + len(garbage) < JANITOR_BATCH or not tasks:
                 return failed
 
 
-def _unbind(publisher: Publisher, keys: Keys, worker: str) -> bool:
-    """Unbinds a worker's queue from the tasks exchange; False if the queue does not exist."""
-    queue = keys.worker_queue(worker)
-    with _side_channel(publisher) as channel:
-        try:
-            channel.queue_declare(queue, passive=True)
-        except pika.exceptions.ChannelClosedByBroker as error:
-            if error.reply_code == 404:
-                return False
-            raise
-        channel.queue_unbind(queue, keys.tasks_exchange, worker_routing_key(worker))
-        return True
-
-
-def _drain(queue: str, live: list[str], store: TaskStore, publisher: Publisher) -> dict[str, int]:
+def _drain(queue: str, live: list[str], store: TaskStore, broker: Broker) -> dict[str, int]:
     """Moves every ready message of `queue` to live workers' queues, a batch per confirm."""
     moved: dict[str, int] = defaultdict(int)
-    with _side_channel(publisher) as channel:
+    with broker.reader(queue) as reader:
         while True:
-            batch = _get_batch(channel, queue)
+            batch = _get_batch(reader)
             if not batch:
                 return dict(moved)
             first = store.take_turns(len(batch))
             targets = [live[(first + j) % len(live)] if live else SHARED for j in range(len(batch))]
-            publisher.publish_tasks([(routing_key_for(t), task) for t, (_, task) in zip(targets, batch,
-                                                                                        strict=True)])
-            channel.basic_ack(batch[-1][0], multiple=True)
+            broker.publish_tasks([(routing_key_for(t), task) for t, (_, task) in zip(targets, batch,
+                                                                                     strict=True)])
+            reader.ack(batch[-1][0], multiple=True)
             by_target: dict[str, list[str]] = defaultdict(list)
             for target, (_, task) in zip(targets, batch, strict=True):
                 by_target[target].append(task.task_id)
@@ -197,36 +167,18 @@ def _drain(queue: str, live: list[str], store: TaskStore, publisher: Publisher) 
                 moved[target] += len(ids)
 
 
-def _get_batch(channel: BlockingChannel, queue: str) -> list[tuple[int, Task]]:
+def _get_batch(reader: QueueReader) -> list[tuple[int, Task]]:
     batch: list[tuple[int, Task]] = []
     while len(batch) < JANITOR_BATCH:
-        method, _properties, body = channel.basic_get(queue, auto_ack=False)
-        if method is None:
+        delivery = reader.get()
+        if delivery is None:
             break
         try:
-            batch.append((method.delivery_tag, Task.from_json(body)))
+            batch.append((delivery.tag, Task.from_json(delivery.body)))
         except MessageError:
             # Unparseable: dead-letter it now rather than moving garbage around.
-            channel.basic_nack(method.delivery_tag, requeue=False)
+            reader.reject(delivery.tag, requeue=False)
     return batch
-
-
-def _delete_if_idle(publisher: Publisher, queue: str) -> bool:
-    """Deletes the drained, unbound queue unless a consumer is still attached (a worker that is
-    connected but stopped heart-beating may still hold unacked tasks, which a delete would drop).
-    Quorum queues refuse queue.delete with if-empty (the broker closes the connection), so the
-    emptiness check is a passive declare; the queue being unbound, nothing can arrive after it."""
-    with _side_channel(publisher) as channel:
-        try:
-            state = channel.queue_declare(queue, passive=True).method
-        except pika.exceptions.ChannelClosedByBroker as error:
-            if error.reply_code == 404:
-                return True
-            raise
-        if state.message_count or state.consumer_count:
-            return False
-        channel.queue_delete(queue)
-        return True
 
 
 # Reports ------------------------------------------------------------------------------------------
@@ -238,36 +190,21 @@ def worker_report(store: TaskStore, now: int | None = None) -> dict[str, Any]:
     return {"workers": [e for e in entries if e["live"]], "dead": [e for e in entries if not e["live"]]}
 
 
-def queue_depths(settings: Settings, publisher: Publisher,
-                 worker_ids: Sequence[str]) -> dict[str, int | None]:
-    keys = Keys(settings.namespace)
-    queues = [keys.shared_queue, keys.results_queue, keys.tasks_dead_queue, keys.results_dead_queue,
-              *(keys.worker_queue(w) for w in worker_ids)]
-    depths: dict[str, int | None] = {}
-    channel: BlockingChannel | None = None
-    try:
-        for queue in queues:
-            if channel is None or not channel.is_open:
-                channel = publisher.channel.connection.channel()
-            try:
-                depths[queue] = channel.queue_declare(queue, passive=True).method.message_count
-            except pika.exceptions.ChannelClosedByBroker:
-                depths[queue] = None  # not declared
-    finally:
-        if channel is not None and channel.is_open:
-            channel.close()
-    return depths
+def queue_depths(broker: Broker, worker_ids: Sequence[str]) -> dict[str, int | None]:
+    """Messages ready in every queue of the topology (None: not declared), the retry delay queues
+    included (a retry waiting out its delay is work still to come), and in live workers' queues."""
+    return broker.depths([queue.name for queue in broker.topology(worker_ids).queues])
 
 
-def stats(settings: Settings, store: TaskStore, publisher: Publisher,
+def stats(settings: Settings, store: TaskStore, broker: Broker,
           now: int | None = None) -> dict[str, Any]:
     """GET /stats: queue depths, task counts by status, cache ratios, recent throughput.
     Queue depths are None when the broker is unreachable; Redis failures raise."""
     now = now_ms() if now is None else now
     result = store.stats(now)
     try:
-        result["queues"] = queue_depths(settings, publisher, store.live_workers(now))
-    except (pika.exceptions.AMQPError, OSError) as error:
+        result["queues"] = queue_depths(broker, store.live_workers(now))
+    except BrokerError as error:
         result["queues"] = None
         result["broker_error"] = repr(error)
     return result

@@ -113,7 +113,7 @@ class Keys:
         return f"{self.prefix}results.dead"
 
     def retry_queue(self, delay_ms: int) -> str:
-        """A worker's retry delay queue (worker_fleet/retries.py)."""
+        """A retry delay queue, one per delay (taskcore.rabbitmq.topology)."""
         return f"{self.prefix}tasks.retry.{delay_ms}ms"
 
 

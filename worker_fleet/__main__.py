@@ -16,6 +16,7 @@ import re
 import sys
 
 from taskcore.keys import SHARED
+from taskcore.rabbitmq.amqp import AmqpBroker
 from taskcore.settings import Settings, SettingsError
 from worker_fleet.fleet import DEFAULT_CONCURRENCY, DEFAULT_WORKERS, Fleet, default_id_prefix
 from worker_fleet.worker import DEFAULT_GRACE_SECONDS, Worker
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker_fleet: {error}", file=sys.stderr)
         return 2
     if args.worker_id is not None:
-        worker = Worker(settings, args.worker_id, args.concurrency, args.grace)
+        worker = Worker(settings, AmqpBroker(settings), args.worker_id, args.concurrency, args.grace)
         worker.install_signal_handlers()
         worker.run()
         return 0

@@ -1,7 +1,7 @@
 """One attempt of one task, run in a pool thread: mark it running, simulate its duration, compute it.
 
-Nothing here touches the broker connection (pika connections are not thread-safe); the outcome is
-handed back to the connection thread, which publishes and acks (worker.py).
+Nothing here touches the broker connection (it is not thread-safe); the outcome is handed back to
+the connection thread, which publishes and acks (worker.py).
 
 Time limits and cancellation are cooperative: the simulated duration and the `sleep` type wait on the
 attempt's `cancel` event, so an attempt that hits its time limit (or a worker that lost its broker
@@ -37,7 +37,7 @@ class Cancelled(Exception):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class AttemptOutcome:
     """What an attempt came to. status: "succeeded", "failed", or "skipped" (nothing to run: the task
     is already final, or its record is missing because its admission was undone)."""
 
@@ -57,24 +57,25 @@ def attempt_number(task: Task) -> int:
 
 
 def run_attempt(task: Task, worker_id: str, settings: Settings, store: TaskStore,
-                cancel: threading.Event) -> Outcome:
+                cancel: threading.Event) -> AttemptOutcome:
     attempt = attempt_number(task)
     started = now_ms()
     state = _mark_running(task, worker_id, attempt, started, store)
     if state in ("final", "missing"):
         log("skipped", task_id=task.task_id, worker_id=worker_id, attempt=attempt, reason=state)
-        return Outcome("skipped", started, now_ms(), reason=state)
+        return AttemptOutcome("skipped", started, now_ms(), reason=state)
     log("started", task_id=task.task_id, worker_id=worker_id, pid=os.getpid(), attempt=attempt,
         type=task.type)
     try:
         result = _compute(task, settings, cancel)
-        outcome = Outcome("succeeded", started, now_ms(), result=result)
+        outcome = AttemptOutcome("succeeded", started, now_ms(), result=result)
     except Cancelled:
-        outcome = Outcome("failed", started, now_ms(), error="cancelled", retryable=False, reason="cancelled")
+        outcome = AttemptOutcome("failed", started, now_ms(), error="cancelled", retryable=False,
+                                 reason="cancelled")
     except work.TaskFailed as error:
-        outcome = Outcome("failed", started, now_ms(), error=str(error))
+        outcome = AttemptOutcome("failed", started, now_ms(), error=str(error))
     except Exception as error:  # any failure of the task's code is the task's failure, retried
-        outcome = Outcome("failed", started, now_ms(), error=f"{type(error).__name__}: {error}")
+        outcome = AttemptOutcome("failed", started, now_ms(), error=f"{type(error).__name__}: {error}")
     _log_executed(task, worker_id, attempt, outcome)
     return outcome
 
@@ -105,7 +106,7 @@ def _mark_running(task: Task, worker_id: str, attempt: int, started: int, store:
         return "unknown"
 
 
-def _log_executed(task: Task, worker_id: str, attempt: int, outcome: Outcome) -> None:
+def _log_executed(task: Task, worker_id: str, attempt: int, outcome: AttemptOutcome) -> None:
     """Logs an attempt that ran (to its end, or until cancelled) as one `executed` line; the worker
     counts it in its heartbeat's `processed`. An attempt cut short by SIGKILL is in neither."""
     status = "cancelled" if outcome.reason == "cancelled" else outcome.status

@@ -5,10 +5,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from pika.adapters.blocking_connection import BlockingConnection
-
 from taskcore.messages import MAX_COMPLEXITY, MIN_COMPLEXITY, MessageError, Task
-from worker_fleet.execution import Outcome
+from taskcore.rabbitmq import Consumer
+from worker_fleet.execution import AttemptOutcome
 
 
 @dataclass(eq=False)
@@ -18,12 +17,13 @@ class Job:
 
     task: Task
     tag: int
-    generation: int
-    connection: BlockingConnection
+    # The connection it came on: its tag means nothing on another, and once that one is gone the
+    # broker has the message again.
+    consumer: Consumer
     cancel: threading.Event = field(default_factory=threading.Event)
     started_at: int = 0
     # The outcome that counts: set once; a later one (a thread outliving its time limit) is discarded.
-    decided: Outcome | None = None
+    decided: AttemptOutcome | None = None
     # time.monotonic() after which the connection thread fails the attempt (its time limit).
     deadline: float = 0.0
     limit: float = 0.0

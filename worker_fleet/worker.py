@@ -1,10 +1,10 @@
 """One worker process: consumes its own queue and the shared one, runs tasks in a thread pool,
 publishes each outcome with a broker confirm and only then acks the task message.
 
-Threads: the main thread owns the pika connection (pika is not thread-safe) and keeps calling
-process_data_events, so broker heartbeats flow however long a task runs; tasks run in a pool and hand
-their outcome back with add_callback_threadsafe. Redis is only used from pool threads and the heartbeat
-thread, so a slow Redis never stalls the connection.
+Threads: the main thread owns the broker connection (a taskcore.rabbitmq Consumer, not thread-safe)
+and keeps polling it, so broker heartbeats flow however long a task runs; tasks run in a pool and
+hand their outcome back with call_soon_threadsafe. Redis is only used from pool threads and the
+heartbeat thread, so a slow Redis never stalls the connection.
 
 Delivery guarantees: a task message is acked only after its result (or its retry) was confirmed by the
 broker. If the worker dies or loses its connection first, the broker requeues the message; a task that
@@ -14,7 +14,6 @@ is already final when it comes back is acked without running (mark_running answe
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import os
 import signal
@@ -22,35 +21,45 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from enum import StrEnum
 from typing import Any
 
-import pika
-import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
-
-from taskcore import broker
 from taskcore.backoff import RECONNECT, REPUBLISH
-from taskcore.broker import ConfirmingChannel
 from taskcore.keys import Keys
 from taskcore.messages import MessageError
+from taskcore.rabbitmq import Broker, BrokerError, Consumer, Delivery, Verdict
 from taskcore.settings import Settings
 from taskcore.store import TaskStore, now_ms
-from worker_fleet import retries
-from worker_fleet.execution import Outcome, run_attempt
+from worker_fleet.execution import AttemptOutcome, run_attempt
 from worker_fleet.heartbeat import Heartbeat, Tally
 from worker_fleet.jobs import Job, parse_task
 from worker_fleet.logs import log
-from worker_fleet.outcomes import Publication, publication_for, publish_all
+from worker_fleet.outcomes import publication_for
 
 # Longest the connection thread blocks at once: the stop flag is seen at least this often.
 POLL_SECONDS = 0.25
 DEFAULT_GRACE_SECONDS = 30.0
-# Connection-level failures that mean "reconnect" (socket errors surface as OSError in places).
-CONNECTION_ERRORS = (pika.exceptions.AMQPError, OSError)
+
+
+class WorkerState(StrEnum):
+    CONNECTING = "connecting"  # no connection yet, or the last one was lost: (re)connecting
+    CONSUMING = "consuming"  # taking tasks and running them
+    DRAINING = "draining"  # told to stop: taking no more, finishing those in hand within the grace
+    STOPPED = "stopped"
+
+
+# Every change of state the worker makes; anything else is a bug, raised at once. A connection lost
+# (CONNECTING) can happen in any state but the last; STOPPED from CONSUMING is a worker that crashed.
+TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
+    WorkerState.CONNECTING: frozenset({WorkerState.CONNECTING, WorkerState.CONSUMING, WorkerState.STOPPED}),
+    WorkerState.CONSUMING: frozenset({WorkerState.CONNECTING, WorkerState.DRAINING, WorkerState.STOPPED}),
+    WorkerState.DRAINING: frozenset({WorkerState.CONNECTING, WorkerState.STOPPED}),
+    WorkerState.STOPPED: frozenset(),
+}
 
 
 class Worker:
-    def __init__(self, settings: Settings, worker_id: str, concurrency: int,
+    def __init__(self, settings: Settings, broker: Broker, worker_id: str, concurrency: int,
                  grace: float = DEFAULT_GRACE_SECONDS) -> None:
         self.settings = settings
         self.worker_id = worker_id
@@ -58,21 +67,18 @@ class Worker:
         self.grace = grace
         self.keys = Keys(settings.namespace)
         self.store = TaskStore(settings)
+        self.broker = broker
         # Twice the slots: a thread that outlives its time limit (until its computation notices the
         # cancel) must not keep the next task from starting.
         self._pool = ThreadPoolExecutor(max_workers=2 * concurrency, thread_name_prefix=f"task-{worker_id}")
         self._stopping = threading.Event()
         self._backoff = RECONNECT.streak()
-        self._generation = 0
-        self._connection: BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
-        self._confirming: ConfirmingChannel | None = None
+        self.state = WorkerState.CONNECTING
+        # The connection of this session; a job from another one (or from none) is stale.
+        self._consumer: Consumer | None = None
         self._outbox: list[Job] = []  # settled jobs whose publication is not yet sent
-        self._consumers: list[str] = []
         self._waiting: collections.deque[Job] = collections.deque()
         self._running: dict[int, Job] = {}  # by delivery tag: started and not yet acked
-        self._draining = False
-        self._redeclare = False
         self._started_at = now_ms()
         self._processed = Tally()  # attempts ended, for the heartbeat's `processed`
 
@@ -96,7 +102,7 @@ class Worker:
             while not self._stopping.is_set():
                 try:
                     self._session()
-                except CONNECTION_ERRORS as error:
+                except BrokerError as error:
                     self._abandon(error)
                     if self._stopping.is_set():
                         break
@@ -104,6 +110,7 @@ class Worker:
                     log("reconnecting", worker_id=self.worker_id, in_seconds=round(delay, 2))
                     self._stopping.wait(delay)
         finally:
+            self._enter(WorkerState.STOPPED)
             heartbeat.stop()
             self._pool.shutdown(wait=False, cancel_futures=True)
         log("worker_stopped", worker_id=self.worker_id, pid=os.getpid())
@@ -113,63 +120,51 @@ class Worker:
         return {"host": socket.gethostname(), "pid": os.getpid(), "started_at": self._started_at,
                 "concurrency": self.concurrency, "in_flight": len(self._running) + len(self._waiting)}
 
+    def _enter(self, state: WorkerState) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"worker {self.worker_id}: no way from {self.state} to {state}")
+        self.state = state
+
     # One connection -----------------------------------------------------------------------------
 
     def _session(self) -> None:
-        params = broker.connection_parameters(self.settings.rabbitmq_url, self.settings.broker_timeout)
         # Shown by rabbitmqctl/the management UI; the namespace tells apart stacks sharing a broker.
-        params.client_properties = {"connection_name": f"worker {self.keys.prefix}{self.worker_id}"}
-        connection = pika.BlockingConnection(params)
-        self._connection = connection
-        channel = connection.channel()
-        self._channel = channel
-        self._declare(channel)
-        # Results and retries go out on a second channel in confirm mode that confirms a whole batch in
-        # one round trip (one confirm per message would cap a worker at a few hundred tasks/s).
-        self._confirming = ConfirmingChannel(connection)
+        consumer = self.broker.open_consumer(f"worker {self.keys.prefix}{self.worker_id}")
+        self._consumer = consumer
+        consumer.declare([self.worker_id])
         self._outbox = []
-        self._generation += 1
-        self._draining = False
-        # Per consumer (quorum queues do not support a channel-wide prefetch), set before each
-        # basic_consume; deliveries beyond the free slots wait in _waiting, not in a thread.
-        self._consumers = []
-        own = self.concurrency * self.settings.prefetch_multiplier
-        for queue, prefetch in ((self.keys.worker_queue(self.worker_id), own),
-                                (self.keys.shared_queue, self.concurrency)):
-            channel.basic_qos(prefetch_count=prefetch)
-            self._consumers.append(channel.basic_consume(queue, self._on_message))
+        self._enter(WorkerState.CONSUMING)
+        # Deliveries beyond the free slots wait in _waiting, not in a thread.
+        consumer.consume(self.keys.worker_queue(self.worker_id),
+                         self.concurrency * self.settings.prefetch_multiplier, self._on_delivery)
+        consumer.consume(self.keys.shared_queue, self.concurrency, self._on_delivery)
         log("connected", worker_id=self.worker_id, pid=os.getpid())
         self._backoff.reset()
         while not self._stopping.is_set():
             # Returns as soon as it dispatched something; what those callbacks settled is then
             # published as one batch.
-            connection.process_data_events(time_limit=POLL_SECONDS)
-            self._enforce_time_limits()
-            self._flush()
-        self._drain(connection, channel)
-        self._close(connection)
+            self._poll(POLL_SECONDS)
+        self._drain(consumer)
+        consumer.close()
 
-    def _declare(self, channel: BlockingChannel) -> None:
-        broker.declare_topology(channel, self.settings, [self.worker_id])
-        retries.declare_delay_queues(channel, self.settings)
-        self._redeclare = False
+    def _poll(self, seconds: float) -> None:
+        assert self._consumer is not None
+        self._consumer.poll(seconds)
+        self._enforce_time_limits()
+        self._flush()
 
-    def _drain(self, connection: BlockingConnection, channel: BlockingChannel) -> None:
+    def _drain(self, consumer: Consumer) -> None:
         """Stop taking tasks, finish those running within the grace period; what is left unacked
         goes back to its queue when the connection closes."""
-        self._draining = True
-        for tag in self._consumers:
-            channel.basic_cancel(tag)
-        self._consumers = []
+        self._enter(WorkerState.DRAINING)
+        consumer.cancel()
         # Received but not started: back to the queue at once, where another worker can take them.
         while self._waiting:
-            channel.basic_nack(self._waiting.popleft().tag, requeue=True)
+            consumer.reject(self._waiting.popleft().tag, requeue=True)
         log("draining", worker_id=self.worker_id, in_hand=len(self._running), grace=self.grace)
         deadline = time.monotonic() + self.grace
         while self._running and (left := deadline - time.monotonic()) > 0:
-            connection.process_data_events(time_limit=min(POLL_SECONDS, left))
-            self._enforce_time_limits()
-            self._flush()
+            self._poll(min(POLL_SECONDS, left))
         if self._running:
             log("grace_expired", worker_id=self.worker_id,
                 requeued=[job.task.task_id for job in self._running.values()])
@@ -180,40 +175,33 @@ class Worker:
         """The connection is gone: its deliveries are the broker's again; stop their threads."""
         log("broker_lost", worker_id=self.worker_id, error=repr(error),
             in_hand=len(self._running) + len(self._waiting))
-        self._generation += 1
+        self._enter(WorkerState.CONNECTING)
         for job in [*self._running.values(), *self._waiting]:
             job.cancel.set()
         self._running.clear()
         self._waiting.clear()
         self._outbox = []
-        self._confirming = None
-        if self._connection is not None:
-            self._close(self._connection)
-
-    @staticmethod
-    def _close(connection: BlockingConnection) -> None:
-        if connection.is_open:
-            with contextlib.suppress(CONNECTION_ERRORS):
-                connection.close()
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.close()
 
     # Deliveries ---------------------------------------------------------------------------------
 
-    def _on_message(self, channel: BlockingChannel, method: pika.spec.Basic.Deliver,
-                    _properties: pika.BasicProperties, body: bytes) -> None:
+    def _on_delivery(self, delivery: Delivery) -> None:
+        assert self._consumer is not None
         try:
-            task = parse_task(body)
+            task = parse_task(delivery.body)
         except MessageError as error:
             # Dead-lettered (the queues have a DLX to tasks.dead), never requeued: it would fail again.
-            log("rejected", worker_id=self.worker_id, queue_key=method.routing_key, error=str(error),
-                body=body[:200].decode("utf-8", "replace"))
-            channel.basic_reject(method.delivery_tag, requeue=False)
+            log("rejected", worker_id=self.worker_id, queue_key=delivery.routing_key, error=str(error),
+                body=delivery.body[:200].decode("utf-8", "replace"))
+            self._consumer.reject(delivery.tag, requeue=False)
             return
-        assert self._connection is not None
-        self._waiting.append(Job(task, method.delivery_tag, self._generation, self._connection))
+        self._waiting.append(Job(task, delivery.tag, self._consumer))
         self._start_jobs()
 
     def _start_jobs(self) -> None:
-        while self._waiting and len(self._running) < self.concurrency and not self._draining:
+        while self._waiting and len(self._running) < self.concurrency and self.state is WorkerState.CONSUMING:
             job = self._waiting.popleft()
             self._running[job.tag] = job
             job.started_at = now_ms()
@@ -231,82 +219,67 @@ class Worker:
                 self._processed.add()
         except Exception as error:  # a bug in the worker must still end in an outcome, not a lost task
             log("attempt_crashed", worker_id=self.worker_id, task_id=job.task.task_id, error=repr(error))
-            outcome = Outcome("failed", job.started_at, now_ms(), error=f"worker error: {error!r}")
+            outcome = AttemptOutcome("failed", job.started_at, now_ms(), error=f"worker error: {error!r}")
         # If that connection is gone, so is the delivery: the broker has requeued the message.
-        with contextlib.suppress(CONNECTION_ERRORS):
-            job.connection.add_callback_threadsafe(functools.partial(self._on_executed, job, outcome))
+        job.consumer.call_soon_threadsafe(functools.partial(self._on_executed, job, outcome))
 
     def _is_current(self, job: Job) -> bool:
-        return job.generation == self._generation and self._running.get(job.tag) is job
+        return job.consumer is self._consumer and self._running.get(job.tag) is job
 
-    def _on_executed(self, job: Job, outcome: Outcome) -> None:
-        if not self._is_current(job) or job.decided is not None:
-            if job.decided is not None:
-                log("late_outcome_discarded", worker_id=self.worker_id, task_id=job.task.task_id,
-                    status=outcome.status)
-            return
-        self._decide(job, outcome)
+    def _on_executed(self, job: Job, outcome: AttemptOutcome) -> None:
+        if job.decided is not None:
+            log("late_outcome_discarded", worker_id=self.worker_id, task_id=job.task.task_id,
+                status=outcome.status)
+        elif self._is_current(job):
+            self._settle(job, outcome)
 
     def _enforce_time_limits(self) -> None:
         """Fails the running jobs past their time limit. Called after every poll of the connection
         (at least every POLL_SECONDS): one timer per task would cost more than the task at high rates."""
         now = time.monotonic()
         for job in [job for job in self._running.values() if job.deadline <= now and job.decided is None]:
-            self._on_time_limit(job, job.limit)
+            # The thread cannot be killed; it is told to stop (the simulated work and `sleep` honour
+            # it at once) and whatever it still returns is discarded, as the outcome is decided here.
+            job.cancel.set()
+            error = f"time limit exceeded: the task ran longer than {job.limit:g} s"
+            log("time_limit", worker_id=self.worker_id, task_id=job.task.task_id, limit=job.limit)
+            self._settle(job, AttemptOutcome("failed", job.started_at, now_ms(), error=error,
+                                             retryable=False, reason="time_limit"))
 
-    def _on_time_limit(self, job: Job, limit: float) -> None:
-        # The thread cannot be killed; it is told to stop (the simulated work and `sleep` honour it
-        # at once) and whatever it still returns is discarded, as the outcome is decided here.
-        job.cancel.set()
-        error = f"time limit exceeded: the task ran longer than {limit:g} s"
-        log("time_limit", worker_id=self.worker_id, task_id=job.task.task_id, limit=limit)
-        self._decide(job, Outcome("failed", job.started_at, now_ms(), error=error, retryable=False,
-                                  reason="time_limit"))
-
-    def _decide(self, job: Job, outcome: Outcome) -> None:
+    def _settle(self, job: Job, outcome: AttemptOutcome) -> None:
+        """The outcome that counts for this job; _flush publishes it (confirmed), then acks the task."""
         job.decided = outcome
-        self._settle(job)
-
-    def _settle(self, job: Job) -> None:
-        """Queue the job's publication; _flush publishes it (confirmed) and then acks the task."""
-        if self._is_current(job) and job.decided is not None:
-            self._outbox.append(job)
+        self._outbox.append(job)
 
     def _flush(self) -> None:
         """Publishes what the settled jobs call for, as one batch, then acks each task message whose
-        publication the broker confirmed."""
+        publication the broker confirmed. A refused one (nacked, or unroutable) keeps its outcome
+        (the work is not redone) and is published again shortly; its task stays unacked meanwhile."""
         jobs = [job for job in self._outbox if self._is_current(job) and job.decided is not None]
         self._outbox = []
-        if not jobs or self._channel is None or self._confirming is None:
+        consumer = self._consumer
+        if not jobs or consumer is None:
             return
-        if self._redeclare:
-            self._declare(self._channel)
         plans = [publication_for(self.settings, self.worker_id, job.task, job.decided)
                  for job in jobs if job.decided is not None]
-        verdicts = publish_all(self._confirming, plans, self.settings.broker_timeout)
+        wanted = [(index, plan) for index, plan in enumerate(plans) if plan is not None]
+        verdicts = [Verdict.OK] * len(plans)  # nothing to publish (a skipped task): just ack it
+        for (index, _), verdict in zip(wanted, consumer.publish([(p.exchange, p.message) for _, p in wanted]),
+                                       strict=True):
+            verdicts[index] = verdict
         for job, plan, verdict in zip(jobs, plans, verdicts, strict=True):
-            if verdict == "ok":
-                self._confirmed(job, plan)
+            if verdict is Verdict.OK:
+                if plan is not None:
+                    log(plan.event, worker_id=self.worker_id, task_id=job.task.task_id, **plan.fields)
+                consumer.ack(job.tag)  # goes out with the next poll, without a round trip of its own
+                del self._running[job.tag]
             else:
-                self._refused(job, verdict)
+                job.publish_failures += 1
+                delay = REPUBLISH.pause(job.publish_failures)
+                log("publish_failed", worker_id=self.worker_id, task_id=job.task.task_id, verdict=verdict,
+                    retry_in=delay)
+                # The consumer redeclares the topology before its next publish, in case a queue was
+                # deleted under us.
+                consumer.call_later(delay, functools.partial(self._outbox.append, job))
         self._start_jobs()
 
-    def _confirmed(self, job: Job, plan: Publication | None) -> None:
-        if plan is not None:
-            log(plan.event, worker_id=self.worker_id, task_id=job.task.task_id, **plan.fields)
-        assert self._channel is not None
-        # The frame goes out with the connection's next poll, a moment later, instead of a blocking
-        # flush per ack (BlockingChannel.basic_ack), which cost a fifth of a worker's CPU at high rates.
-        # pika 1.x's impl channel, as ConfirmingChannel uses (pika is pinned below 2).
-        self._channel._impl.basic_ack(job.tag)
-        del self._running[job.tag]
-
-    def _refused(self, job: Job, verdict: str | None) -> None:
-        """Nacked or unroutable: keep the outcome (the work is not redone) and publish again shortly,
-        after redeclaring the topology in case a queue was deleted under us. The task stays unacked."""
-        job.publish_failures += 1
-        self._redeclare = True
-        delay = REPUBLISH.pause(job.publish_failures)
-        log("publish_failed", worker_id=self.worker_id, task_id=job.task.task_id, verdict=verdict,
-            retry_in=delay)
-        job.connection.call_later(delay, functools.partial(self._settle, job))

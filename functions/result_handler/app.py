@@ -13,8 +13,7 @@ from typing import Any
 
 from chalice import Chalice
 
-from taskcore.broker import Publisher
-from taskcore.keys import RESULTS_DEAD_ROUTING_KEY, Keys
+from taskcore.rabbitmq.amqp import AmqpBroker
 from taskcore.results import store_batch
 from taskcore.settings import Settings
 from taskcore.store import TaskStore
@@ -24,17 +23,11 @@ app.log.setLevel(logging.INFO)
 
 settings = Settings.from_env()
 store = TaskStore.for_settings(settings)
-publisher = Publisher(settings)  # connects only when there is a poison message to dead-letter
-keys = Keys(settings.namespace)
-
-
-def dead_letter(messages: list[tuple[bytes, str]]) -> None:
-    publisher.publish(keys.dead_exchange, [(RESULTS_DEAD_ROUTING_KEY, body, message_id)
-                                           for body, message_id in messages])
+broker = AmqpBroker(settings)  # connects only when there is a poison message to dead-letter
 
 
 @app.lambda_function(name="handle_results")
 def handle_results(event: dict[str, Any], context: Any) -> dict[str, int]:
-    summary = store_batch(store, event, context.get_remaining_time_in_millis, dead_letter)
+    summary = store_batch(store, event, context.get_remaining_time_in_millis, broker.dead_letter_results)
     app.log.info("batch: %s", summary)
     return summary

@@ -10,10 +10,10 @@ from typing import Any
 from chalice import Chalice, Response
 
 from taskcore import dispatch
-from taskcore.broker import Publisher
 from taskcore.function_url import function_url_handler
 from taskcore.http import api_errors, error_response, json_response
 from taskcore.messages import parse_submission, parse_task_id, parse_task_ids, parse_wait
+from taskcore.rabbitmq.amqp import AmqpBroker
 from taskcore.settings import Settings
 from taskcore.store import TaskStore
 
@@ -23,7 +23,7 @@ app.log.setLevel(logging.INFO)
 # Opened once per execution environment and reused by every invocation it serves.
 settings = Settings.from_env()
 store = TaskStore.for_settings(settings)
-publisher = Publisher(settings)
+broker = AmqpBroker(settings)
 
 MAX_WAIT_SECONDS = 20.0  # below the function's 30 s timeout, so a long-poll answers in time
 
@@ -32,7 +32,7 @@ MAX_WAIT_SECONDS = 20.0  # below the function's 30 s timeout, so a long-poll ans
 @api_errors
 def supervise() -> Response:
     submission = parse_submission(app.current_request.raw_body or b"", settings)
-    replies = dispatch.submit(submission.tasks, settings, store, publisher)
+    replies = dispatch.submit(submission.tasks, settings, store, broker)
     status = 200 if all(reply["existing"] for reply in replies) else 202
     return json_response({"tasks": replies} if submission.batch else replies[0], status)
 
@@ -76,13 +76,13 @@ def workers() -> Response:
 @app.route("/stats", methods=["GET"])
 @api_errors
 def stats() -> Response:
-    return json_response(dispatch.stats(settings, store, publisher))
+    return json_response(dispatch.stats(settings, store, broker))
 
 
 @app.lambda_function(name="janitor")
 def janitor(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Scheduled: moves the queued tasks of dead workers to live ones."""
-    report = dispatch.janitor(settings, store, publisher)
+    report = dispatch.janitor(settings, store, broker)
     app.log.info("janitor: %s", report)
     return report
 

@@ -23,8 +23,8 @@ import redis
 
 from infra import clean_state
 from infra.clean_state import Services
-from taskcore.broker import declare_topology
 from taskcore.keys import Keys, namespace_of
+from taskcore.rabbitmq.amqp import AmqpBroker
 from taskcore.settings import Settings
 from taskfaas.stack import RABBITMQ_URL, cleanup, eventually
 
@@ -67,10 +67,12 @@ def _pings(url: str) -> bool:
 def populate(services: Services, namespace: str, records: int = 3) -> None:
     """What a stack leaves: its topology with 2 tasks waiting in the shared queue, task records,
     a cached result and counters."""
-    settings = Settings(rabbitmq_url=services.rabbitmq_url, namespace=namespace)
+    # MAX_ATTEMPTS=1: no retries, so no retry delay queues; the five queues the counts below expect.
+    settings = Settings(rabbitmq_url=services.rabbitmq_url, namespace=namespace, max_attempts=1)
+    with AmqpBroker(settings) as broker:
+        broker.declare(["w-0"])
     connection = pika.BlockingConnection(pika.URLParameters(services.rabbitmq_url))
     channel = connection.channel()
-    declare_topology(channel, settings, worker_ids=["w-0"])
     channel.confirm_delivery()
     for _ in range(2):
         channel.basic_publish(Keys(namespace).tasks_exchange, "shared", b"{}")

@@ -12,8 +12,9 @@ import pika.exceptions
 import pytest
 import redis
 
-from taskcore.broker import Publisher, connection_parameters
 from taskcore.keys import Keys
+from taskcore.rabbitmq import topology
+from taskcore.rabbitmq.amqp import AmqpBroker, connection_parameters
 from taskcore.settings import Settings
 from taskcore.store import TaskStore
 
@@ -58,9 +59,9 @@ def store(settings: Settings) -> TaskStore:
 
 
 @pytest.fixture
-def publisher(settings: Settings) -> Iterator[Publisher]:
-    with Publisher(settings) as pub:
-        yield pub
+def broker(settings: Settings) -> Iterator[AmqpBroker]:
+    with AmqpBroker(settings) as real:
+        yield real
 
 
 @pytest.fixture
@@ -86,8 +87,9 @@ def _clean_redis(prefix: str) -> None:
 
 def _clean_rabbitmq(space: Namespace) -> None:
     keys = space.keys
-    queues = {keys.shared_queue, keys.results_queue, keys.tasks_dead_queue, keys.results_dead_queue,
-              *(keys.worker_queue(w) for w in space.worker_ids), *space.extra_queues}
+    # Every queue the topology declares (its retry delay queues too) and what the test added.
+    queues = {*(queue.name for queue in topology(space.settings, space.worker_ids).queues),
+              *space.extra_queues}
     exchanges = {keys.tasks_exchange, keys.results_exchange, keys.dead_exchange, *space.extra_exchanges}
     connection = pika.BlockingConnection(connection_parameters(RABBITMQ_URL, 10))
     try:

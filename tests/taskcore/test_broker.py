@@ -1,4 +1,6 @@
-"""Topology and the confirming Publisher against the real RabbitMQ."""
+"""The RabbitMQ broker (taskcore.rabbitmq.amqp) against the real RabbitMQ: the topology as declared,
+confirmed publishing, and what only the real connection can show; what both brokers must do alike is
+in test_broker_contract.py."""
 
 from __future__ import annotations
 
@@ -6,15 +8,13 @@ import json
 import socket
 import time
 
-import pika
-import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from taskcore.broker import Publisher, PublishError, declare_topology
 from taskcore.messages import Task, TaskResult, TaskSpec
-from taskcore.settings import Settings
-from tests.taskcore.conftest import CLOSED_PORT_AMQP, Namespace, make_settings
+from taskcore.rabbitmq import QueueNotFound
+from taskcore.rabbitmq.amqp import AmqpBroker
+from tests.taskcore.conftest import Namespace
 
 
 def depth(channel: BlockingChannel, queue: str) -> int:
@@ -29,13 +29,13 @@ def eventual_depth(channel: BlockingChannel, queue: str, expected: int, timeout:
     return found
 
 
-def test_topology(channel: BlockingChannel, ns: Namespace) -> None:
+def test_topology(channel: BlockingChannel, ns: Namespace, broker: AmqpBroker) -> None:
     ns.worker_ids.update({"w1", "w2"})
-    declare_topology(channel, ns.settings, ["w1", "w2"])
-    declare_topology(channel, ns.settings, ["w1"])  # idempotent
+    broker.declare(["w1", "w2"])
+    broker.declare(["w1"])  # idempotent
     k = ns.keys
     for queue in (k.shared_queue, k.results_queue, k.tasks_dead_queue, k.results_dead_queue,
-                  k.worker_queue("w1"), k.worker_queue("w2")):
+                  k.worker_queue("w1"), k.worker_queue("w2"), k.retry_queue(1000), k.retry_queue(2000)):
         assert depth(channel, queue) == 0
     # the routing of both exchanges
     channel.basic_publish(k.tasks_exchange, "w.w2", b"{}")
@@ -44,44 +44,23 @@ def test_topology(channel: BlockingChannel, ns: Namespace) -> None:
     assert depth(channel, k.worker_queue("w2")) == 1
     assert depth(channel, k.shared_queue) == 1
     assert depth(channel, k.results_queue) == 1
+    # The arguments as declared: a redeclare with the same ones is accepted, one differing is refused.
+    quorum = {"x-queue-type": "quorum", "x-delivery-limit": 5, "x-dead-letter-exchange": k.dead_exchange,
+              "x-dead-letter-routing-key": "tasks.dead"}
+    delay = {"x-queue-type": "classic", "x-message-ttl": 1000, "x-dead-letter-exchange": k.tasks_exchange,
+             "x-dead-letter-routing-key": "shared"}
+    for queue, arguments in ((k.shared_queue, quorum), (k.worker_queue("w1"), quorum),
+                             (k.retry_queue(1000), delay)):
+        channel.queue_declare(queue, durable=True, arguments=arguments)
+    with pytest.raises(Exception, match="PRECONDITION_FAILED"):
+        channel.queue_declare(k.retry_queue(1000), durable=True, arguments={**delay, "x-message-ttl": 999})
 
 
-def test_rejected_messages_are_dead_lettered(channel: BlockingChannel, ns: Namespace) -> None:
-    declare_topology(channel, ns.settings)
-    k = ns.keys
-    channel.basic_publish(k.tasks_exchange, "shared", b"garbage")
-    method, _, _ = channel.basic_get(k.shared_queue)
-    channel.basic_nack(method.delivery_tag, requeue=False)
-    channel.basic_publish(k.results_exchange, "results", b"garbage")
-    method, _, _ = channel.basic_get(k.results_queue)
-    channel.basic_nack(method.delivery_tag, requeue=False)
-    assert eventual_depth(channel, k.tasks_dead_queue, 1) == 1
-    assert eventual_depth(channel, k.results_dead_queue, 1) == 1
-
-
-def test_poison_message_is_dead_lettered_after_the_delivery_limit(channel: BlockingChannel,
-                                                                  ns: Namespace) -> None:
-    settings = make_settings(ns.settings.namespace, delivery_limit=2)
-    declare_topology(channel, settings)
-    channel.basic_publish(ns.keys.tasks_exchange, "shared", b"poison")
-    deliveries = 0
-    deadline = time.monotonic() + 10
-    while depth(channel, ns.keys.tasks_dead_queue) == 0 and time.monotonic() < deadline:
-        method = channel.basic_get(ns.keys.shared_queue)[0]
-        if method is None:
-            time.sleep(0.02)  # a requeued message takes a moment to be ready again
-            continue
-        deliveries += 1
-        channel.basic_nack(method.delivery_tag, requeue=True)
-    assert deliveries == 3
-    assert depth(channel, ns.keys.tasks_dead_queue) == 1
-
-
-def test_publisher_confirms_a_batch(channel: BlockingChannel, ns: Namespace, publisher: Publisher) -> None:
-    declare_topology(channel, ns.settings)
+def test_publisher_confirms_a_batch(channel: BlockingChannel, ns: Namespace, broker: AmqpBroker) -> None:
+    broker.declare()
     tasks = [Task.from_spec(TaskSpec("primes", {"n": i + 1}, 1, f"id{i}"), 1) for i in range(500)]
-    publisher.publish_tasks([("shared", t) for t in tasks])
-    publisher.publish_results([TaskResult("id0", "fp", "succeeded", "w", 1, 2, 1, result=1)])
+    broker.publish_tasks([("shared", t) for t in tasks])
+    broker.publish_results([TaskResult("id0", "fp", "succeeded", "w", 1, 2, 1, result=1)])
     assert depth(channel, ns.keys.shared_queue) == 500
     _, properties, body = channel.basic_get(ns.keys.shared_queue, auto_ack=True)
     assert properties.delivery_mode == 2
@@ -92,68 +71,51 @@ def test_publisher_confirms_a_batch(channel: BlockingChannel, ns: Namespace, pub
     assert json.loads(body)["task_id"] == "id0" and properties.message_id == "id0"
 
 
-def test_unroutable_messages_are_reported(channel: BlockingChannel, ns: Namespace,
-                                          publisher: Publisher) -> None:
-    declare_topology(channel, ns.settings)
-    messages = [("shared", b"{}", "a"), ("w.nobody", b"{}", "b"), ("shared", b"{}", "c")]
-    with pytest.raises(PublishError) as caught:
-        publisher.publish(ns.keys.tasks_exchange, messages)
-    assert caught.value.unroutable == [1] and caught.value.only_unroutable
-    assert depth(channel, ns.keys.shared_queue) == 2
-
-
-def test_nacked_messages_raise(channel: BlockingChannel, ns: Namespace, publisher: Publisher) -> None:
-    # A full queue that rejects publishes makes the broker nack: a real nack, not a simulated one.
-    queue = f"{ns.settings.namespace}full"
-    ns.extra_queues.add(queue)
-    channel.queue_declare(queue, durable=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
-    with pytest.raises(PublishError) as caught:
-        publisher.publish("", [(queue, b"1", "a"), (queue, b"2", "b"), (queue, b"3", "c")])
-    assert caught.value.nacked == [1, 2] and not caught.value.only_unroutable
-    # the channel stays usable
-    channel.queue_purge(queue)
-    publisher.publish("", [(queue, b"4", "d")])
-    assert depth(channel, queue) == 1
-
-
-def test_unknown_exchange_raises_and_the_publisher_recovers(ns: Namespace, publisher: Publisher,
-                                                            channel: BlockingChannel) -> None:
-    with pytest.raises(PublishError):
-        publisher.publish(f"{ns.settings.namespace}no-such-exchange", [("x", b"{}", "a")])
-    declare_topology(channel, ns.settings)
-    publisher.publish(ns.keys.tasks_exchange, [("shared", b"{}", "b")])
-    assert depth(channel, ns.keys.shared_queue) == 1
-
-
-def test_broker_unreachable_raises_publish_error(settings: Settings) -> None:
-    publisher = Publisher(settings, url=CLOSED_PORT_AMQP)
-    with pytest.raises(PublishError) as caught:
-        publisher.publish("x", [("shared", b"{}", "a"), ("shared", b"{}", "b")])
-    assert caught.value.unconfirmed == [0, 1]
-
-
 def test_stale_connection_is_reopened_transparently(channel: BlockingChannel, ns: Namespace,
-                                                    publisher: Publisher) -> None:
-    declare_topology(channel, ns.settings)
-    publisher.publish(ns.keys.tasks_exchange, [("shared", b"{}", "a")])
-    first = publisher.channel.connection
+                                                    broker: AmqpBroker) -> None:
+    broker.declare()
+    broker.publish(ns.keys.tasks_exchange, [("shared", b"{}", "a")])
+    first = broker._confirming.connection  # the implementation's own: what the test cuts
     # Cut the TCP connection under pika, as an idle environment's connection is cut by the broker.
     sock = first._impl._transport._sock
     sock.shutdown(socket.SHUT_RDWR)
-    publisher.publish(ns.keys.tasks_exchange, [("shared", b"{}", "b")])
-    assert publisher.channel.connection is not first
+    broker.publish(ns.keys.tasks_exchange, [("shared", b"{}", "b")])
+    assert broker._confirming.connection is not first
     assert depth(channel, ns.keys.shared_queue) == 2
 
 
-def test_channel_is_usable_for_basic_get(channel: BlockingChannel, ns: Namespace,
-                                         publisher: Publisher) -> None:
-    declare_topology(publisher.channel, ns.settings)
-    publisher.publish(ns.keys.tasks_exchange, [("shared", b'{"x":1}', "a")])
-    method, _, body = publisher.channel.basic_get(ns.keys.shared_queue, auto_ack=False)
-    assert body == b'{"x":1}'
-    publisher.channel.basic_ack(method.delivery_tag)
-    publisher.publish(ns.keys.tasks_exchange, [("shared", b"{}", "b")])  # confirms still tracked
+def test_gets_on_the_brokers_connection_keep_its_confirms_tracked(channel: BlockingChannel, ns: Namespace,
+                                                                  broker: AmqpBroker) -> None:
+    broker.declare()
+    broker.publish(ns.keys.tasks_exchange, [("shared", b'{"x":1}', "a")])
+    with broker.reader(ns.keys.shared_queue) as reader:
+        delivery = reader.get()
+        assert delivery is not None and delivery.body == b'{"x":1}' and delivery.message_id == "a"
+        reader.ack(delivery.tag)
+        broker.publish(ns.keys.tasks_exchange, [("shared", b"{}", "b")])  # confirms still tracked
     assert depth(channel, ns.keys.shared_queue) == 1
-    assert isinstance(publisher.channel, pika.adapters.blocking_connection.BlockingChannel)
-    with pytest.raises(pika.exceptions.AMQPError):
-        channel.queue_declare(f"{ns.settings.namespace}missing", passive=True)
+    # A 404 closes only the inspection channel, and comes out as the project's error, not pika's.
+    with pytest.raises(QueueNotFound):
+        broker.queue_state(f"{ns.settings.namespace}missing")
+    assert broker.queue_state(ns.keys.shared_queue).messages == 1
+
+
+def test_a_consumers_ack_leaves_with_its_next_poll_and_what_it_holds_returns_on_close(
+        channel: BlockingChannel, ns: Namespace, broker: AmqpBroker) -> None:
+    broker.declare()
+    broker.publish(ns.keys.tasks_exchange, [("shared", b"1", "a"), ("shared", b"2", "b")])
+    consumer = broker.open_consumer(f"test {ns.settings.namespace}")
+    got: list = []
+    try:
+        consumer.consume(ns.keys.shared_queue, 1, got.append)
+        while not got:
+            consumer.poll(0.05)
+        assert (got[0].body, got[0].routing_key, got[0].redelivered) == (b"1", "shared", False)
+        assert broker.queue_state(ns.keys.shared_queue).consumers == 1
+        consumer.ack(got[0].tag)  # queued: the frame leaves with the next poll
+        while len(got) < 2:  # prefetch 1: the second comes only once the first was acked
+            consumer.poll(0.05)
+        assert got[1].body == b"2"
+    finally:
+        consumer.close()  # the second, unacked, goes back
+    assert eventual_depth(channel, ns.keys.shared_queue, 1) == 1

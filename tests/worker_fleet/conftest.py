@@ -15,17 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pika
-import pika.exceptions
 import pytest
 import redis
 
-from taskcore.broker import Publisher, declare_topology
 from taskcore.keys import Keys, routing_key_for
 from taskcore.messages import Task, TaskResult, validate_task
+from taskcore.rabbitmq import Delivery, topology
+from taskcore.rabbitmq.amqp import AmqpBroker, connection_parameters
 from taskcore.settings import Settings
 from taskcore.store import TaskStore, now_ms
 from taskfaas.stack import eventually, new_namespace, terminated_with_parent
-from worker_fleet import retries
 
 ROOT = Path(__file__).parents[2]
 
@@ -79,7 +78,7 @@ class Fleet:
 
 
 class Env:
-    """A namespace with its settings, store, publisher and fleets; cleans everything up on close."""
+    """A namespace with its settings, store, broker and fleets; cleans everything up on close."""
 
     def __init__(self, tmp_path: Path, **variables: str) -> None:
         self.namespace = new_namespace("t", ":")  # owned by this run (a killed run's is swept by the next)
@@ -89,18 +88,18 @@ class Env:
         self.settings = Settings.from_env(self.vars)
         self.keys = Keys(self.namespace)
         self.store = TaskStore(self.settings, redis.Redis.from_url(self.settings.redis_url))
-        self.publisher = Publisher(self.settings)
-        declare_topology(self.publisher.channel, self.settings)
+        self.broker = AmqpBroker(self.settings)
+        self.broker.declare()
         self.fleets: list[Fleet] = []
-        self.worker_ids: set[str] = set()
-        self.delay_queues: set[str] = set()
+        # Every queue to remove at the end: the fleets' topologies (retry delay queues depend on
+        # their settings) and their workers' queues.
+        self.queues: set[str] = {queue.name for queue in self.broker.topology().queues}
 
     def start(self, workers: int = 1, concurrency: int = 2, grace: float = 10, prefix: str = "w",
               **env: str) -> Fleet:
         variables = {**self.vars, **env}
-        settings = Settings.from_env(variables)
-        self.delay_queues |= {retries.delay_queue(settings, ms) for ms in retries.retry_delays_ms(settings)}
-        self.worker_ids |= {f"{prefix}-{i}" for i in range(workers)}
+        worker_ids = [f"{prefix}-{i}" for i in range(workers)]
+        self.queues |= {queue.name for queue in topology(Settings.from_env(variables), worker_ids).queues}
         fleet = Fleet(variables, self.tmp_path / f"fleet{len(self.fleets)}.log",
                       ["--workers", str(workers), "--concurrency", str(concurrency), "--grace", str(grace),
                        "--id-prefix", prefix])
@@ -113,48 +112,49 @@ class Env:
         to `worker_id`'s queue ("shared" for the shared queue), with a broker confirm."""
         tasks = [Task.from_spec(validate_task(item).with_id(uuid.uuid4().hex), now_ms()) for item in items]
         self.store.admit(tasks, now_ms())
-        self.publisher.publish_tasks([(routing_key_for(worker_id), task) for task in tasks])
+        self.broker.publish_tasks([(routing_key_for(worker_id), task) for task in tasks])
         return tasks
 
     def publish_raw(self, worker_id: str, body: bytes) -> None:
         message = (routing_key_for(worker_id), body, uuid.uuid4().hex)
-        self.publisher.publish(self.keys.tasks_exchange, [message])
+        self.broker.publish(self.keys.tasks_exchange, [message])
 
-    def get_all(self, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
+    def get_all(self, queue: str) -> list[Delivery]:
+        """Takes every ready message off `queue`."""
         messages = []
-        while True:
-            method, properties, body = self.publisher.channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return messages
-            messages.append((properties, body))
+        with self.broker.reader(queue) as reader:
+            while (delivery := reader.get()) is not None:
+                reader.ack(delivery.tag)
+                messages.append(delivery)
+        return messages
 
     def results(self, count: int, timeout: float = 20) -> list[TaskResult]:
         """Takes results off the results queue until `count` arrived; more may still come later."""
         found: list[TaskResult] = []
 
         def enough() -> bool:
-            found.extend(TaskResult.from_json(body) for _, body in self.get_all(self.keys.results_queue))
+            found.extend(TaskResult.from_json(d.body) for d in self.get_all(self.keys.results_queue))
             return len(found) >= count
 
         eventually(enough, timeout, lambda: f"{count} results, have {found}\n{self.fleets[-1].dump()}")
         return found
 
     def depth(self, queue: str) -> int:
-        return self.publisher.channel.queue_declare(queue, passive=True).method.message_count
+        return self.broker.queue_state(queue).messages
 
     def close(self) -> None:
         for fleet in self.fleets:
             fleet.stop()
-        queues = [self.keys.shared_queue, self.keys.results_queue, self.keys.tasks_dead_queue,
-                  self.keys.results_dead_queue, *map(self.keys.worker_queue, self.worker_ids),
-                  *self.delay_queues]
-        for queue in queues:
-            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):  # never declared
-                self.publisher.channel.queue_delete(queue)
-        for exchange in (self.keys.tasks_exchange, self.keys.results_exchange, self.keys.dead_exchange):
-            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
-                self.publisher.channel.exchange_delete(exchange)
-        self.publisher.close()
+        self.broker.close()
+        connection = pika.BlockingConnection(connection_parameters(self.settings.rabbitmq_url, 10))
+        try:
+            channel = connection.channel()
+            for queue in sorted(self.queues):
+                channel.queue_delete(queue)  # nothing happens to one never declared
+            for exchange in (self.keys.tasks_exchange, self.keys.results_exchange, self.keys.dead_exchange):
+                channel.exchange_delete(exchange)
+        finally:
+            connection.close()
         keys = list(self.store.redis.scan_iter(match=f"{self.namespace}*", count=1000))
         if keys:
             self.store.redis.delete(*keys)

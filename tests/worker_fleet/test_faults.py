@@ -58,7 +58,7 @@ def test_sigterm_to_the_parent_finishes_the_task_in_hand_before_exit(env: Env) -
     assert fleet.process.wait(timeout=15) == 0
     # Published before the fleet exited: already on the results queue.
     results = env.get_all(env.keys.results_queue)
-    assert len(results) == 1 and b'"status":"succeeded"' in results[0][1]
+    assert len(results) == 1 and b'"status":"succeeded"' in results[0].body
     assert env.depth(env.keys.worker_queue("w-1")) == 0
     assert len(fleet.events("draining")) == 2 and len(fleet.events("worker_stopped")) == 2
     assert fleet.events("fleet_stopped")
@@ -148,7 +148,7 @@ def test_worker_rides_out_a_redis_restart(tmp_path: Path) -> None:
         # source of truth) and its result is published.
         spec = validate_task({"type": "hash", "payload": {"data": "no redis"}})
         second = Task.from_spec(spec.with_id("nr"), now_ms())
-        env.publisher.publish_tasks([("w.w-0", second)])
+        env.broker.publish_tasks([("w.w-0", second)])
         [result] = env.results(1, timeout=20)
         assert (result.task_id, result.status) == ("nr", "succeeded")
         assert fleet.events("redis_unavailable", op="mark_running", task_id="nr")

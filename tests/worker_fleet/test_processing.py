@@ -78,9 +78,9 @@ def test_unparseable_and_invalid_messages_are_dead_lettered_not_redelivered(env:
     dead: list = []
     eventually(lambda: dead.extend(env.get_all(env.keys.tasks_dead_queue)) or len(dead) >= len(bad), 5,
                "the bad messages in tasks.dead")
-    assert sorted(body for _, body in dead) == sorted(bad)
-    for properties, _ in dead:
-        [death] = properties.headers["x-death"]
+    assert sorted(delivery.body for delivery in dead) == sorted(bad)
+    for delivery in dead:
+        [death] = delivery.headers["x-death"]
         assert (death["reason"], death["queue"]) == ("rejected", env.keys.worker_queue("w-0"))
     time.sleep(0.5)  # long enough for a requeued message to come around again
     assert len(fleet.events("rejected")) == len(bad)

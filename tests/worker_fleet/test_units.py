@@ -7,30 +7,32 @@ import json
 import pytest
 
 from taskcore.backoff import MAX_TASK_RETRY_SECONDS
+from taskcore.keys import Keys
 from taskcore.messages import MessageError, Task, validate_task
+from taskcore.rabbitmq.topology import retry_delay_ms, retry_delays_ms
 from taskcore.settings import Settings
-from worker_fleet import retries
 from worker_fleet.__main__ import parser
 from worker_fleet.fleet import default_id_prefix, worker_ids
 from worker_fleet.jobs import parse_task
+from worker_fleet.outcomes import next_attempt, should_retry
 
 
 def test_retry_delays_double_from_one_task_unit_with_a_floor_and_a_cap() -> None:
     fast = Settings(task_unit_seconds=0.0)
-    assert [retries.retry_delay_ms(fast, n) for n in (1, 2, 3)] == [100, 200, 400]
+    assert [retry_delay_ms(fast, n) for n in (1, 2, 3)] == [100, 200, 400]
     normal = Settings(task_unit_seconds=1.0, max_attempts=3)
-    assert retries.retry_delays_ms(normal) == [1000, 2000]
-    assert retries.retry_delay_ms(Settings(task_unit_seconds=5.0), 10) == MAX_TASK_RETRY_SECONDS * 1000
-    assert retries.delay_queue(Settings(namespace="t1:"), 200) == "t1:tasks.retry.200ms"
+    assert retry_delays_ms(normal) == [1000, 2000]
+    assert retry_delay_ms(Settings(task_unit_seconds=5.0), 10) == MAX_TASK_RETRY_SECONDS * 1000
+    assert Keys("t1:").retry_queue(200) == "t1:tasks.retry.200ms"
 
 
 def test_retry_only_while_attempts_remain_and_the_failure_is_retryable() -> None:
     settings = Settings(max_attempts=3)
-    assert retries.should_retry(settings, 1, True) and retries.should_retry(settings, 2, True)
-    assert not retries.should_retry(settings, 3, True)
-    assert not retries.should_retry(settings, 1, False)
+    assert should_retry(settings, 1, True) and should_retry(settings, 2, True)
+    assert not should_retry(settings, 3, True)
+    assert not should_retry(settings, 1, False)
     task = Task.from_spec(validate_task({"type": "fail"}).with_id("a"), 1)
-    assert retries.next_attempt(task, 2).attempt == 2 and task.attempt == 0
+    assert next_attempt(task, 2).attempt == 2 and task.attempt == 0
 
 
 def test_parse_task_accepts_a_task_and_rejects_what_must_be_dead_lettered() -> None:

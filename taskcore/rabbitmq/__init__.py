@@ -1,0 +1,44 @@
+"""Everything RabbitMQ, in one place (docs/taskcore.md, Broker).
+
+    interface  Broker (publishing with confirms, declarations, the janitor's queue operations),
+               Consumer (a worker's consume/ack/publish), QueueReader, Delivery, OutgoingMessage,
+               Verdict, and the errors: BrokerError, BrokerUnavailable, QueueNotFound, PublishError
+    topology   the namespace's exchanges, queues and bindings as data, retry delay queues included
+    amqp       AmqpBroker / AmqpConsumer: the real thing, through pika (the only importer of pika)
+    memory     MemoryBroker: the same interface in memory, for fast unit tests
+
+Importing this package (its interface) imports no pika; take the implementation from its module:
+`from taskcore.rabbitmq.amqp import AmqpBroker`.
+"""
+
+from taskcore.rabbitmq.interface import (
+    Broker,
+    BrokerError,
+    BrokerUnavailable,
+    Consumer,
+    Delivery,
+    OutgoingMessage,
+    PublishError,
+    QueueNotFound,
+    QueueReader,
+    QueueState,
+    Verdict,
+)
+from taskcore.rabbitmq.topology import QueueSpec, Topology, topology
+
+__all__ = [
+    "Broker",
+    "BrokerError",
+    "BrokerUnavailable",
+    "Consumer",
+    "Delivery",
+    "OutgoingMessage",
+    "PublishError",
+    "QueueNotFound",
+    "QueueReader",
+    "QueueSpec",
+    "QueueState",
+    "Topology",
+    "Verdict",
+    "topology",
+]
