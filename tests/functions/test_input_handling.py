@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from localfaas.urls import MAX_PAYLOAD_BYTES
+from localfaas.aws import MAX_PAYLOAD_BYTES
 from taskfaas.stack import Stack, http
 
 JSON = {"Content-Type": "application/json"}
