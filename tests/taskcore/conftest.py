@@ -49,6 +49,14 @@ def ns() -> Iterator[Namespace]:
 
 
 @pytest.fixture
+def redis_ns() -> Iterator[Namespace]:
+    """A namespace on the real Redis alone, for tests whose broker is the in-memory one."""
+    prefix = new_namespace("t", ":")
+    yield Namespace(make_settings(prefix), Keys(prefix))
+    _clean_redis(prefix)
+
+
+@pytest.fixture
 def settings(ns: Namespace) -> Settings:
     return ns.settings
 
