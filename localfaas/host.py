@@ -23,7 +23,8 @@ from localfaas.httpserver import bare_server
 from localfaas.invocation import Invocation, InvocationOutcome, new_request_id
 from localfaas.logs import ConsoleMode, LogSink
 from localfaas.pool import FunctionPool
-from localfaas.template import FunctionSpec, Template, host_settings, load_template, parameter_key
+from localfaas.settings import host_settings, parameter_key
+from localfaas.template import FunctionSpec, Template, load_template
 from localfaas.urls import FunctionUrl
 
 

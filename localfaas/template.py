@@ -10,17 +10,15 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dotenv import dotenv_values
-
 from localfaas.aws import ACCOUNT_ID, function_arn, layer_arn, stack_id
 from localfaas.cfn import NO_VALUE, Intrinsics, TemplateError, load_yaml
 from localfaas.schedule_expression import parse_schedule
+from localfaas.settings import parameter_key
 
 DEFAULT_TIMEOUT = 3
 DEFAULT_MEMORY_MB = 128
@@ -136,11 +134,6 @@ class Template:
         if name in self.functions:
             return self.functions[name]
         return next((f for f in self.functions.values() if f.logical_id == name), None)
-
-
-def parameter_key(name: str) -> str:
-    """`RABBITMQ_URL`, `RabbitMqUrl` and `rabbitmq-url` name the same parameter."""
-    return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
 def merge_globals(global_value: Any, local_value: Any) -> Any:
@@ -406,13 +399,3 @@ def _env_string(value: Any) -> str:
         return "true" if value else "false"
     return str(value)
 
-
-def host_settings(env_file: Path | None) -> dict[str, str]:
-    """The env file's values, each overridden by the process environment when set there. The
-    file is read by python-dotenv, values as written (no `${VAR}` expansion: a password may hold a
-    `$`); a bare `KEY` line without `=` sets nothing."""
-    read = dotenv_values(env_file, interpolate=False) if env_file and env_file.exists() else {}
-    settings = {key: value for key, value in read.items() if value is not None}
-    return {key: os.environ.get(key, value) for key, value in settings.items()} | {
-        key: os.environ[key] for key in ("RABBITMQ_URL", "AWS_REGION") if key in os.environ
-    }

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from localfaas.cfn import TemplateError, load_yaml
-from localfaas.template import host_settings, load_template, merge_globals, parameter_key
+from localfaas.settings import host_settings, parameter_key
+from localfaas.template import load_template, merge_globals
 
 TEMPLATE = """
 Transform: AWS::Serverless-2016-10-31
