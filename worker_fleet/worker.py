@@ -278,8 +278,8 @@ class Worker:
                 delay = REPUBLISH.pause(job.publish_failures)
                 log("publish_failed", worker_id=self.worker_id, task_id=job.task.task_id, verdict=verdict,
                     retry_in=delay)
-                # The consumer redeclares the topology before its next publish, in case a queue was
-                # deleted under us.
-                consumer.call_later(delay, functools.partial(self._outbox.append, job))
+                # Settled again later with the same outcome; the consumer redeclares the topology
+                # before its next publish, in case a queue was deleted under us.
+                consumer.call_later(delay, functools.partial(self._settle, job, job.decided))
         self._start_jobs()
 
