@@ -16,6 +16,7 @@ from taskcore.messages import MessageError, Task, TaskResult, TaskSpec, Validati
 from taskcore.rabbitmq import Broker, BrokerError, PublishError, QueueNotFound, QueueReader
 from taskcore.registry import TASK_TYPES
 from taskcore.settings import Settings
+from taskcore.states import TaskStatus
 from taskcore.store import Admission, TaskStore, now_ms
 
 log = logging.getLogger("taskcore.dispatch")
@@ -25,7 +26,7 @@ JANITOR_BATCH = 200
 
 
 def assign_ids(specs: Sequence[TaskSpec]) -> list[TaskSpec]:
-    """Gives every spec without a task_id a fresh UUID (what the producer does)."""
+    """Gives every spec without a task_id a fresh UUID: the one place ids are given (submit)."""
     return [spec if spec.task_id else spec.with_id(str(uuid.uuid4())) for spec in specs]
 
 
@@ -135,7 +136,7 @@ def fail_dead_tasks(store: TaskStore, broker: Broker, keys: Keys, now: int) -> i
                 except MessageError:
                     garbage.append(delivery.tag)  # held until the end of the batch, then returned
             if tasks:
-                store.complete([TaskResult(task.task_id, task.fingerprint, "failed", "", now, now,
+                store.complete([TaskResult(task.task_id, task.fingerprint, TaskStatus.FAILED, "", now, now,
                                            task.attempt + 1, error=DEAD_LETTERED) for _, task in tasks], now)
                 for tag, _ in tasks:
                     reader.ack(tag)
@@ -214,7 +215,7 @@ def stats(settings: Settings, store: TaskStore, broker: Broker,
 
 DEFAULT_RECENT_LIMIT = 20
 MAX_RECENT_LIMIT = 100
-TASK_STATUSES = ("queued", "running", "succeeded", "failed")
+TASK_STATUSES = tuple(TaskStatus)  # `word in TaskStatus` raises TypeError before Python 3.12
 _RECENT_PARAMS = ("limit", "state", "type")
 
 
