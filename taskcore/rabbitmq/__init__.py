@@ -5,7 +5,8 @@
                Verdict, and the errors: BrokerError, BrokerUnavailable, QueueNotFound, PublishError
     topology   the namespace's exchanges, queues and bindings as data, retry delay queues included
     amqp       AmqpBroker / AmqpConsumer: the real thing, through pika (the only importer of pika)
-    memory     MemoryBroker: the same interface in memory, for fast unit tests
+    memory     MemoryBroker / MemoryConsumer: the same interface in memory, for fast unit tests,
+               clients of memory_server's MemoryServer (an in-memory RabbitMQ)
 
 Importing this package (its interface) imports no pika; take the implementation from its module:
 `from taskcore.rabbitmq.amqp import AmqpBroker`.

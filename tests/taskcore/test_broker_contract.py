@@ -27,7 +27,8 @@ from taskcore.rabbitmq import (
     Verdict,
 )
 from taskcore.rabbitmq.amqp import AmqpBroker, connection_parameters
-from taskcore.rabbitmq.memory import MemoryBroker, MemoryServer
+from taskcore.rabbitmq.memory import MemoryBroker
+from taskcore.rabbitmq.memory_server import MemoryServer
 from taskcore.settings import Settings
 from taskfaas.stack import RABBITMQ_URL, eventually
 from tests.taskcore.conftest import CLOSED_PORT_AMQP, Namespace, make_settings
