@@ -21,10 +21,10 @@ Flat modules, one job each (docs/taskcore.md records their contracts):
     http          json_response(), api_errors: what the Chalice views share
     function_url  function_url_handler(app): Lambda function URLs in front of Chalice
 
-Third-party packages are imported at the top of the modules that use them: pika by rabbitmq.amqp
-only; redis by store, dispatch and results; chalice by http; urllib3 by producer; botocore by
-signing. settings, keys, registry, work, messages, states, json_body, errors, scripts and
+Third-party packages are imported at the top of the modules that use them: pika by rabbitmq.amqp;
+redis by store, dispatch and results; chalice by http; urllib3 by producer; botocore by signing.
+settings, keys, registry, work, messages, states, json_body, errors, scripts, backoff, rabbitmq and
 function_url need only the standard library (and each other), so importing taskcore.messages, for
-one, pulls in no broker or Redis client. http maps Redis's errors to 503 without importing redis
+one, pulls in no broker or Redis client, nor does the broker interface (taskcore.rabbitmq). http maps Redis's errors to 503 without importing redis
 (it looks the module up), so the producer, which has no store, never loads it.
 """
