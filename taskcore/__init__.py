@@ -25,6 +25,7 @@ Third-party packages are imported at the top of the modules that use them: pika 
 redis by store, dispatch and results; chalice by http; urllib3 by producer; botocore by signing.
 settings, keys, registry, work, messages, states, json_body, errors, scripts, backoff, rabbitmq and
 function_url need only the standard library (and each other), so importing taskcore.messages, for
-one, pulls in no broker or Redis client, nor does the broker interface (taskcore.rabbitmq). http maps Redis's errors to 503 without importing redis
-(it looks the module up), so the producer, which has no store, never loads it.
+one, pulls in no broker or Redis client, nor does the broker interface (taskcore.rabbitmq). http
+maps Redis's errors to 503 without importing redis (it looks the module up), so the producer, which
+has no store, never loads it.
 """

@@ -154,7 +154,7 @@ def test_a_refused_publication_keeps_its_outcome_and_is_published_again(setup: S
 
 def test_a_lost_connection_cancels_the_attempt_and_the_task_comes_back(setup: Setup) -> None:
     with Running(setup, concurrency=1):
-        [task_id] = setup.submit({"type": "sleep", "payload": {"seconds": 1.0}})
+        [task_id] = setup.submit({"type": "sleep", "payload": {"seconds": 0.5}})
         eventually(lambda: setup.events("started", task_id=task_id), 5, "the task started")
         setup.broker.server.drop_connections(f"worker {setup.namespace}w-0")
         [result] = setup.results(1)
