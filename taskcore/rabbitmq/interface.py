@@ -227,8 +227,8 @@ class Consumer(ABC):
 
     Not thread-safe, except `call_soon_threadsafe`: one thread (the worker's connection thread) calls
     everything else, and the delivery and scheduled callbacks run in that thread, inside `poll`.
-    Every failure of the connection raises BrokerUnavailable; the worker then opens a new Consumer,
-    and the broker has already returned this one's unacked deliveries to their queues.
+    A failure raises a BrokerError (BrokerUnavailable when the connection is lost); the worker then
+    opens a new Consumer, and the broker returns this one's unacked deliveries to their queues.
     """
 
     def __init__(self, broker: Broker) -> None:
@@ -240,7 +240,8 @@ class Consumer(ABC):
     # Primitives -----------------------------------------------------------------------------------
 
     @abstractmethod
-    def _declare(self, worker_ids: Sequence[str]) -> None: ...
+    def _declare(self, worker_ids: Sequence[str]) -> None:
+        """Declares the broker's topology with these workers' queues, on this connection."""
 
     @abstractmethod
     def consume(self, queue: str, prefetch: int, on_delivery: Callable[[Delivery], None]) -> None:
