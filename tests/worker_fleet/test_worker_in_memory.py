@@ -22,6 +22,7 @@ from taskcore.settings import Settings
 from taskcore.store import TaskStore, now_ms
 from taskfaas.stack import eventually, new_namespace
 from tests.taskcore.conftest import make_settings
+from worker_fleet import worker as worker_module
 from worker_fleet.worker import TRANSITIONS, Worker, WorkerState
 
 
@@ -105,7 +106,9 @@ class Running:
 
 
 @pytest.fixture
-def setup(capsys: pytest.CaptureFixture[str]) -> Iterator[Setup]:
+def setup(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Setup]:
+    # The stop flag is seen after each poll: a shorter one stops the worker at once when a test ends.
+    monkeypatch.setattr(worker_module, "POLL_SECONDS", 0.02)
     environment = Setup(capsys)
     try:
         yield environment
