@@ -19,13 +19,14 @@ from aiohttp import web
 from localfaas.api import LambdaApi
 from localfaas.aws import MAX_PAYLOAD_BYTES
 from localfaas.backoff import Backoff
+from localfaas.http11 import HttpServer
 from localfaas.httpserver import bare_server
 from localfaas.invocation import Invocation, InvocationOutcome, new_request_id
 from localfaas.logs import ConsoleMode, LogSink
 from localfaas.pool import FunctionPool
 from localfaas.settings import host_settings, parameter_key
 from localfaas.template import FunctionSpec, Template, load_template
-from localfaas.urls import FunctionUrl
+from localfaas.urls import TOO_LARGE, FunctionUrl
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Host:
         self._pools = {name: FunctionPool(spec, self.settings, self.logs, config.default_concurrency)
                        for name, spec in self.template.functions.items()}
         self._runners: list[web.BaseRunner] = []
+        self._url_servers: list[HttpServer] = []
         self._mappings: list[Any] = []  # MqMapping, imported only when a template has MQ events
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -107,12 +109,10 @@ class Host:
                 continue
             url = FunctionUrl(lambda name=spec.name: self._pools[name].spec, self._invoke_url,
                               self._url_secrets())
-            server = bare_server(url.handle, MAX_PAYLOAD_BYTES + 1024)
-            runner = web.ServerRunner(server, access_log=None, handle_signals=False)
-            await runner.setup()
+            server = HttpServer(url.handle, MAX_PAYLOAD_BYTES, TOO_LARGE)
             self._url_for(spec.logical_id)  # binds the socket if no !GetAtt asked for it yet
-            await web.SockSite(runner, self._url_sockets[spec.logical_id]).start()
-            self._runners.append(runner)
+            await server.start(self._url_sockets[spec.logical_id])
+            self._url_servers.append(server)
         loop = asyncio.get_running_loop()
         broker_url = self.settings.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
         for spec in self.template.functions.values():
@@ -184,6 +184,8 @@ class Host:
             task.cancel()
         for pool in self._pools.values():
             await pool.stop()
+        for server in self._url_servers:
+            server.close()
         for runner in self._runners:
             await runner.cleanup()
         self.logs.close()

@@ -1,7 +1,8 @@
-"""aiohttp's bare `web.Server`, with a body limit of our choosing.
+"""aiohttp's bare `web.Server`, with a body limit of our choosing, for the control port's Lambda API.
 
-The Runtime API and function URLs each serve fixed paths, so they skip the Application router;
-but a bare Server ignores `client_max_size` and caps bodies at 1 MiB, below Lambda's 6 MB."""
+The API matches its few paths itself, so it skips the Application router; but a bare Server
+ignores `client_max_size` and caps bodies at 1 MiB, below Lambda's 6 MB. (Function URLs, on every
+invocation's path, have a leaner server of their own: localfaas/http11.py.)"""
 
 from __future__ import annotations
 

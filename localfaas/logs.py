@@ -95,7 +95,9 @@ class LogSink:
                  error: tuple[str, str] | None, init_failed: bool = False) -> None:
         """One invocation is over: count it and, in quiet mode, say so if it failed.
         `error` is (errorType, errorMessage) when the function failed."""
-        window = self._windows.setdefault(function, _Window())
+        window = self._windows.get(function)
+        if window is None:  # not setdefault: that would build a _Window on every invocation
+            window = self._windows[function] = _Window()
         window.invocations += 1
         if not init_failed:  # no handler ran: a duration of 0 would only pull the median down
             window.durations_ms.append(duration_ms)

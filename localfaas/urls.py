@@ -12,13 +12,11 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl
-
-from aiohttp import web
-from multidict import CIMultiDict
+from urllib.parse import parse_qsl, unquote
 
 from localfaas import sigv4
 from localfaas.aws import ACCOUNT_ID, MAX_PAYLOAD_BYTES, user_arn
+from localfaas.http11 import HttpReply, HttpRequest
 from localfaas.invocation import Invocation, InvocationOutcome, Throttled, new_request_id, new_trace_id
 from localfaas.sigv4 import Caller
 from localfaas.template import AuthType, CorsConfig, FunctionSpec
@@ -39,39 +37,38 @@ def is_text(content_type: str | None) -> bool:
     return bool(content_type) and content_type.split(";")[0].strip().lower().startswith(_TEXT_TYPES)
 
 
-def build_event(request: web.BaseRequest, body: bytes, spec: FunctionSpec, request_id: str,
-                trace_id: str, caller: Caller | None = None) -> dict[str, Any]:
+def build_event(request: HttpRequest, spec: FunctionSpec, request_id: str, trace_id: str,
+                caller: Caller | None = None) -> dict[str, Any]:
     headers: dict[str, str] = {}
     cookies: list[str] = []
-    for name, value in request.headers.items():
-        key = name.lower()
+    for key, value in request.headers:  # names arrive lower-cased
         if key == "cookie":
             cookies += [c.strip() for c in value.split(";") if c.strip()]
         elif key in headers:
             headers[key] += "," + value
         else:
             headers[key] = value
-    peer = request.remote or "127.0.0.1"
+    peer = request.peer
     host = headers.get("host", f"{url_id(spec.name)}.lambda-url.{spec.region}.on.aws")
     headers.setdefault("x-amzn-trace-id", trace_id.split(";")[0])
     headers.setdefault("x-forwarded-for", peer)
     headers.setdefault("x-forwarded-proto", "http")
-    headers.setdefault("x-forwarded-port", str(request.url.port or 80))
-    url = request.rel_url
+    headers.setdefault("x-forwarded-port", _port(host))
+    raw_query = request.query
     now = time.time()
     auth_type = spec.url.auth_type if spec.url else AuthType.NONE
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": "$default",
-        "rawPath": url.raw_path,
-        "rawQueryString": url.raw_query_string,
+        "rawPath": request.path,
+        "rawQueryString": raw_query,
         "headers": headers,
     }
     if cookies:
         event["cookies"] = cookies
-    if url.raw_query_string:
+    if raw_query:
         query: dict[str, str] = {}
-        for key, value in parse_qsl(url.raw_query_string, keep_blank_values=True):
+        for key, value in parse_qsl(raw_query, keep_blank_values=True):
             query[key] = f"{query[key]},{value}" if key in query else value
         event["queryStringParameters"] = query
     event["requestContext"] = {
@@ -81,10 +78,10 @@ def build_event(request: web.BaseRequest, body: bytes, spec: FunctionSpec, reque
         "domainPrefix": host.split(".")[0],
         "http": {
             "method": request.method,
-            "path": url.path,
-            "protocol": f"HTTP/{request.version.major}.{request.version.minor}",
+            "path": unquote(request.path),
+            "protocol": f"HTTP/{request.version}",
             "sourceIp": peer,
-            "userAgent": request.headers.get("User-Agent", ""),
+            "userAgent": request.header("user-agent") or "",
         },
         "requestId": request_id,
         "routeKey": "$default",
@@ -98,11 +95,17 @@ def build_event(request: web.BaseRequest, body: bytes, spec: FunctionSpec, reque
             "cognitoIdentity": None, "principalOrgId": None,
             "userArn": user_arn(caller.access_key), "userId": caller.access_key,
         }}
-    if body:
-        event["body"], event["isBase64Encoded"] = event_body(body, request.headers.get("Content-Type"))
+    if request.body:
+        event["body"], event["isBase64Encoded"] = event_body(request.body, request.header("content-type"))
     else:
         event["isBase64Encoded"] = False
     return event
+
+
+def _port(host: str) -> str:
+    """The port the client addressed, from its Host header (80 when it names none)."""
+    name, colon, port = host.rpartition(":")
+    return port if colon and port.isdigit() and not name.endswith("[") else "80"
 
 
 def event_body(body: bytes, content_type: str | None) -> tuple[str, bool]:
@@ -119,9 +122,10 @@ def event_body(body: bytes, content_type: str | None) -> tuple[str, bool]:
     return base64.b64encode(body).decode(), True
 
 
-def _too_large() -> web.Response:
-    return web.json_response({"message": f"Request must be smaller than {MAX_PAYLOAD_BYTES} bytes "
-                                         "for the InvokeFunction operation"}, status=413)
+_JSON = "application/json; charset=utf-8"
+TOO_LARGE = HttpReply(413, json.dumps({"message": f"Request must be smaller than {MAX_PAYLOAD_BYTES} bytes "
+                                                  "for the InvokeFunction operation"}).encode(),
+                      [("Content-Type", _JSON)])
 
 
 @functools.lru_cache(maxsize=4)
@@ -134,21 +138,24 @@ class BadGateway(Exception):
     """The function answered something a function URL cannot turn into an HTTP response."""
 
 
-def map_response(outcome: InvocationOutcome) -> web.Response:
+def map_response(outcome: InvocationOutcome) -> HttpReply:
     if outcome.function_error:
         raise BadGateway(outcome.error_type or "Unhandled")
     try:
         result = json.loads(outcome.body) if outcome.body else None
     except ValueError:
         # awslambdaric posts a handler's bytes as they are; pass them through.
-        return web.Response(body=outcome.body, content_type="application/octet-stream")
+        return HttpReply(200, outcome.body, [("Content-Type", "application/octet-stream")])
     if not (isinstance(result, dict) and "statusCode" in result):
-        return web.Response(body=outcome.body or b"null", content_type="application/json")
+        return HttpReply(200, outcome.body or b"null", [("Content-Type", "application/json")])
     try:
         status = int(result["statusCode"])
-        headers = CIMultiDict({str(k): str(v) for k, v in (result.get("headers") or {}).items()})
-        for cookie in result.get("cookies") or []:
-            headers.add("Set-Cookie", str(cookie))
+        if not 100 <= status <= 599:
+            raise BadGateway(f"statusCode {status}")
+        headers = [(str(k), str(v)) for k, v in (result.get("headers") or {}).items()]
+        headers += [("Set-Cookie", str(cookie)) for cookie in result.get("cookies") or []]
+        if any(_unsendable(name, value) for name, value in headers):
+            raise BadGateway("a header cannot be sent")
         raw_body = result.get("body")
         if raw_body is not None and not isinstance(raw_body, str):
             raise BadGateway("body is not a string")
@@ -157,7 +164,20 @@ def map_response(outcome: InvocationOutcome) -> web.Response:
             body = base64.b64decode(body, validate=True)
     except (TypeError, ValueError, AttributeError, binascii.Error) as exc:
         raise BadGateway(str(exc)) from exc
-    return web.Response(status=status, body=body, headers=headers)
+    return HttpReply(status, body, headers)
+
+
+def _unsendable(name: str, value: str) -> bool:
+    # A line break would split the response (header injection); http11.render refuses it too.
+    return not name or ":" in name or any(c in text for text in (name, value) for c in "\r\n")
+
+
+def _replace(headers: list[tuple[str, str]], new: Mapping[str, str]) -> None:
+    """Set headers, replacing those of the same name whatever their case (the configured CORS
+    headers and the request id take precedence over the function's)."""
+    names = {name.lower() for name in new}
+    headers[:] = [(k, v) for k, v in headers if k.lower() not in names]
+    headers.extend(new.items())
 
 
 def cors_headers(cors: CorsConfig, origin: str, preflight: bool) -> dict[str, str]:
@@ -188,50 +208,37 @@ class FunctionUrl:
         self._invoke = invoke
         self._secrets = secrets  # access key id -> secret key, for AuthType AWS_IAM
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: HttpRequest) -> HttpReply:
         spec = self._spec_of()
         cors = spec.url.cors if spec.url else None
-        origin = request.headers.get("Origin")
+        origin = request.header("origin")
         if cors and origin and request.method == "OPTIONS" and \
-                "Access-Control-Request-Method" in request.headers:
-            return web.Response(status=200, headers=cors_headers(cors, origin, preflight=True))
-        if request.version == (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
-            # The bare aiohttp Server does not answer Expect itself (an Application would);
-            # without it curl waits a second before sending any body over 1 KiB.
-            if (request.content_length or 0) > MAX_PAYLOAD_BYTES:
-                return _too_large()
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0
-        body = await request.read()
+                request.header("access-control-request-method") is not None:
+            return HttpReply(200, b"", list(cors_headers(cors, origin, preflight=True).items()))
         caller = None
         if spec.url is not None and spec.url.auth_type is AuthType.AWS_IAM:
             try:
-                caller = sigv4.verify(request.method, request.rel_url.raw_path,
-                                      request.rel_url.raw_query_string,
-                                      {k.lower(): v for k, v in request.headers.items()}, body,
-                                      self._secrets, spec.region)
+                caller = sigv4.verify(request.method, request.path, request.query,
+                                      dict(request.headers), request.body, self._secrets, spec.region)
             except sigv4.Refused as refusal:
-                return web.json_response({"Message": f"Forbidden. {refusal}"}, status=403,
-                                         headers={"x-amzn-ErrorType": "AccessDeniedException"})
+                return HttpReply(403, json.dumps({"Message": f"Forbidden. {refusal}"}).encode(),
+                                 [("Content-Type", _JSON), ("x-amzn-ErrorType", "AccessDeniedException")])
         request_id, trace_id = new_request_id(), new_trace_id()
-        response = await self._respond(request, body, spec, request_id, trace_id, caller)
+        reply = await self._respond(request, spec, request_id, trace_id, caller)
         if cors and origin:
-            response.headers.update(cors_headers(cors, origin, preflight=False))
-        response.headers["x-amzn-RequestId"] = request_id
-        response.headers["X-Amzn-Trace-Id"] = trace_id.split(";")[0]
-        return response
+            _replace(reply.headers, cors_headers(cors, origin, preflight=False))
+        _replace(reply.headers, {"x-amzn-RequestId": request_id, "X-Amzn-Trace-Id": trace_id.split(";")[0]})
+        return reply
 
-    async def _respond(self, request: web.BaseRequest, body: bytes, spec: FunctionSpec,
-                       request_id: str, trace_id: str, caller: Caller | None) -> web.Response:
-        if len(body) > MAX_PAYLOAD_BYTES:
-            return _too_large()
-        event = build_event(request, body, spec, request_id, trace_id, caller)
+    async def _respond(self, request: HttpRequest, spec: FunctionSpec, request_id: str, trace_id: str,
+                       caller: Caller | None) -> HttpReply:
+        event = build_event(request, spec, request_id, trace_id, caller)
         invocation = Invocation(json.dumps(event).encode(), request_id=request_id, trace_id=trace_id)
         try:
             outcome = await self._invoke(spec, invocation)
             return map_response(outcome)
         except Throttled:
-            return web.json_response({"message": "Rate Exceeded."}, status=429,
-                                     headers={"x-amzn-ErrorType": "TooManyRequestsException"})
+            return HttpReply(429, json.dumps({"message": "Rate Exceeded."}).encode(),
+                             [("Content-Type", _JSON), ("x-amzn-ErrorType", "TooManyRequestsException")])
         except BadGateway:
-            return web.Response(status=502, text="Internal Server Error", content_type="text/plain")
+            return HttpReply(502, b"Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")])
