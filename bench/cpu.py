@@ -128,10 +128,12 @@ def service_roots(ports: Mapping[str, int] = SERVICES) -> dict[str, list[int]]:
     return {kind: [pid] for kind, port in ports.items() if (pid := listener(port)) is not None}
 
 
-def snapshot(roots: Mapping[str, Iterable[int]]) -> Snapshot:
+def snapshot(roots: Mapping[str, Iterable[int]], alone: Iterable[str] = ()) -> Snapshot:
     """The processes of each root's tree, counted under the root's kind (function environments
-    under "function <name>", with their own children). A pid under two roots counts once, under
-    the first root named: name the stack's parts before the process that started them."""
+    under "function <name>", with their own children); the roots of the kinds `alone` without their
+    descendants (the load generator, which also started the systems measured). A pid under two
+    roots counts once, under the first root named."""
+    alone = set(alone)
     table = all_processes()
     children: dict[int, list[int]] = {}
     for process in table.values():
@@ -150,7 +152,8 @@ def snapshot(roots: Mapping[str, Iterable[int]]) -> Snapshot:
             if not current_kind.startswith(FUNCTION_PREFIX) and (name := function_name(pid)) is not None:
                 current_kind = FUNCTION_PREFIX + name
             result.processes[(pid, process.start)] = (current_kind, process)
-            stack += [(current_kind, child) for child in children.get(pid, [])]
+            if current_kind not in alone:
+                stack += [(current_kind, child) for child in children.get(pid, [])]
     return result
 
 
@@ -172,23 +175,27 @@ def diff(before: Snapshot, after: Snapshot) -> dict[str, float]:
 
 class Meter:
     """Snapshot on entry, diff on exit: `with Meter(roots) as meter: ...` then meter.used (seconds
-    per kind), meter.alive (processes per kind at the end), meter.functions (environments per
-    function at the end) and meter.seconds (wall time)."""
+    per kind), meter.alive (processes per kind at the end), meter.functions and
+    meter.functions_before (environments per function at the end and at the start) and
+    meter.seconds (wall time)."""
 
-    def __init__(self, roots: Mapping[str, Iterable[int]]) -> None:
+    def __init__(self, roots: Mapping[str, Iterable[int]], alone: Iterable[str] = ()) -> None:
         self.roots = {kind: list(pids) for kind, pids in roots.items()}
+        self.alone = tuple(alone)
         self.used: dict[str, float] = {}
         self.alive: dict[str, int] = {}
         self.functions: dict[str, int] = {}
+        self.functions_before: dict[str, int] = {}
         self.seconds = 0.0
 
     def __enter__(self) -> Meter:
         self.started = time.monotonic()
-        self.before = snapshot(self.roots)
+        self.before = snapshot(self.roots, self.alone)
+        self.functions_before = self.before.functions()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        after = snapshot(self.roots)
+        after = snapshot(self.roots, self.alone)
         self.seconds = round(time.monotonic() - self.started, 3)
         self.used = diff(self.before, after)
         self.alive = dict(sorted(after.kinds().items()))

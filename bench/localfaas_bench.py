@@ -120,7 +120,8 @@ def url_cpu(host: Host, function: str, clients: int, requests: int) -> dict[str,
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(call, [1] * clients))  # every environment started before the meter runs
-        with cpu.Meter({"host": [host.process.pid], "load generator": [os.getpid()]}) as meter:
+        with cpu.Meter({"host": [host.process.pid], "load generator": [os.getpid()]},
+                       alone=["load generator"]) as meter:
             errors = sum(pool.map(call, [requests // clients] * clients))
     done = requests // clients * clients
     kinds = cpu.per_operation(meter.used, done)["per_kind_ms"]
