@@ -51,12 +51,16 @@ clean-state: venv services
 	$(BIN)/python infra/provision.py
 	$(BIN)/python infra/clean_state.py $(ARGS)
 
+# `make bench QUICK=1` is a short smoke run; ARGS go to bench/compare.py (ARGS="--only ours,dramatiq").
 bench: venv services
 	@# wrk, a C load generator, leaves the 2 cores to what is measured; the Python one does not.
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk >/dev/null 2>&1; } \
 		|| echo "bench: wrk not installed (apt-get install wrk): using the Python load generator"
-	$(BIN)/python bench/localfaas_bench.py
-	$(BIN)/python bench/compare.py
+	$(BIN)/python infra/provision.py
+	env $$(grep -E '^(RABBITMQ_URL|REDIS_URL)=' infra/local.env) $(BIN)/python bench/localfaas_bench.py \
+		$(if $(QUICK),--quick)
+	env $$(grep -E '^(RABBITMQ_URL|REDIS_URL)=' infra/local.env) $(BIN)/python bench/compare.py \
+		$(if $(QUICK),--quick) $(ARGS)
 
 # 50,000 tasks at a steady rate with a worker SIGKILLed every 3 s; prints where every task ended.
 soak: venv services

@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import driver, stats  # noqa: E402
-from bench.compare import light_tasks  # noqa: E402
+from bench.extras import light_tasks  # noqa: E402
 from taskfaas.stack import Stack, start_stack, stop_stack  # noqa: E402
 
 REPORTS = ROOT / "bench" / "reports"

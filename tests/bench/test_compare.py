@@ -1,4 +1,5 @@
-"""The benchmark's pure parts: the table, ratios, the light workload, memory readings."""
+"""The benchmark's pure parts: its options, issue 4's table (bench/extras.py), the light workloads,
+memory readings."""
 
 from __future__ import annotations
 
@@ -6,35 +7,53 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
+import pytest
 import redis
 
-from bench import compare, memory
+from bench import compare, extras, memory, systems
 from taskfaas.stack import REDIS_URL
 
 
-def test_light_tasks_are_distinct_valid_submissions() -> None:
+@pytest.mark.parametrize("make", [extras.light_tasks, systems.light_tasks])
+def test_light_tasks_are_distinct_valid_submissions(make: Callable[[int], list[dict[str, Any]]]) -> None:
     from taskcore.messages import validate_task
 
-    tasks = compare.light_tasks(50)
+    tasks = make(50)
     assert len({t["payload"]["data"] for t in tasks}) == 50
     assert all(validate_task(t).type == "hash" for t in tasks)
-    assert compare.light_tasks(3)[0]["payload"]["data"] != tasks[0]["payload"]["data"]  # fresh per run
+    assert make(3)[0]["payload"]["data"] != tasks[0]["payload"]["data"]  # fresh per run
+    assert systems.light_tasks(2)[1]["complexity"] == 1
 
 
-def test_table_numbers_rows_and_divides_ours_by_each_peer() -> None:
-    rows = [{"system": "ours", "mode": "1 per request", "tasks": 10, "completed_per_s": 300.0,
-             "p50_ms": 5.0, "p99_ms": 9.0, "settings": "s"},
-            {"system": "celery", "mode": "1 per request", "tasks": 10, "completed_per_s": 200.0,
-             "p50_ms": 6.0, "p99_ms": 12.0, "settings": "c"},
+def test_the_options_default_to_the_issue_s_counts() -> None:
+    args, only = compare.parse([])
+    assert (args.single, args.batched, args.clients, args.cold_tasks) == (3000, 6000, 24, 100)
+    assert only == set(compare.ITEMS)
+    quick, _ = compare.parse(["--quick", "--single", "50"])
+    assert (quick.single, quick.batched) == (50, 600)
+    _, some = compare.parse(["--only", "ours,celery"])
+    assert some == {"ours", "celery"}
+    with pytest.raises(SystemExit):
+        compare.parse(["--only", "ours,rq"])
+
+
+def test_the_runs_are_the_issue_s() -> None:
+    assert systems.MODES == (("1 per request", 1, "one"), ("batches of 100", 100, "one"),
+                             ("1 per request", 1, "ids"), ("batches of 100", 100, "ids"))
+
+
+def test_other_items_table() -> None:
+    rows = [{"system": "ours", "mode": "cache hit", "tasks": 300, "p50_ms": 1.5, "p99_ms": 3.0,
+             "settings": "s"},
             {"system": "ours", "mode": "scaling, shared", "tasks": 400, "completed_per_s": 15.6,
              "makespan_s": 25.5, "ideal_s": 25.0, "over_ideal_pct": 2.0, "settings": "x"}]
-    lines = compare.table(rows).splitlines()
-    assert lines[2].startswith("| 1 | ours | 1 per request | 10 | 300 | 5.0 | 9.0 | - |")
-    assert lines[3].startswith("| 3 | celery | 1 per request | 10 | 200 | 6.0 | 12.0 | 1.5 |")
-    assert lines[4].startswith("| 6 | ours | scaling, shared |")
-    assert "makespan 25.5 s, ideal 25 s (+2.0 %)" in lines[4]
-    assert compare.ratio({"completed_per_s": None}, rows[1]) is None
+    lines = extras.table(rows).splitlines()
+    assert lines[2] == "| ours | cache hit | 300 | - | 1.5 | 3.0 | s |"
+    assert lines[3].startswith("| ours | scaling, shared | 400 | 15.6 |")
+    assert "makespan 25.5 s, ideal 25 s (+2.0 %)" in lines[3]
 
 
 def test_memory_reads_a_process_tree() -> None:
