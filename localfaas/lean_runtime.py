@@ -22,7 +22,8 @@ signal handler only once the next invocation has arrived.
 The wire is what awslambdaric 4.x sends (checked with a capturing server): `/response` with
 `Content-Type` application/json (application/unknown for bytes); `/error` with Content-Type
 application/json and `Lambda-Runtime-Function-XRay-Error-Cause`, and no
-`Lambda-Runtime-Function-Error-Type` header (awslambdaric sends that on `/init/error` only); a
+`Lambda-Runtime-Function-Error-Type` header (awslambdaric sends that on `/init/error` only, and
+there no User-Agent: it posts it with http.client); a
 `/response` or `/error` that is not answered 202 ends the runtime with RuntimeError, as
 awslambdaric's does. Not supported: Lambda Managed Instances' multi-concurrent mode
 (`AWS_LAMBDA_MAX_CONCURRENCY`), which localfaas never sets.
@@ -49,6 +50,7 @@ _PREFIX = "/2018-06-01/runtime"
 _MAX_HEADER_BYTES = 64 * 1024
 _MAX_XRAY_HEADER_BYTES = 1024 * 1024  # awslambdaric drops the X-Ray cause header from 1 MiB on
 _RECV_BYTES = 256 * 1024
+_MAX_RECV_BYTES = 4 * 1024 * 1024  # a payload may be 6 MB: read it in a few large pieces
 
 
 class RuntimeApiError(ConnectionError):
@@ -79,11 +81,12 @@ class Connection:
             self._sock.close()
             self._sock = None
 
-    def request(self, method: str, path: str, body: bytes = b"",
-                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+                user_agent: bool = True) -> tuple[int, dict[str, str], bytes]:
         """Send one request and read its answer: (status, headers with lower-case names, body)."""
-        head = [b"%s %s HTTP/1.1" % (method.encode(), path.encode("latin-1")),
-                b"Host: " + self._host_header, b"User-Agent: " + self._user_agent]
+        head = [b"%s %s HTTP/1.1" % (method.encode(), path.encode("latin-1")), b"Host: " + self._host_header]
+        if user_agent:
+            head.append(b"User-Agent: " + self._user_agent)
         if method != "GET":
             head.append(b"Content-Length: %d" % len(body))
         head += [f"{name}: {value}".encode("latin-1") for name, value in (headers or {}).items()]
@@ -123,7 +126,7 @@ class Connection:
         if len(rest) < length:
             pieces, have = [rest], len(rest)
             while have < length:
-                chunk = sock.recv(max(length - have, _RECV_BYTES))
+                chunk = sock.recv(min(length - have, _MAX_RECV_BYTES))  # a bounded buffer
                 if not chunk:
                     raise RuntimeApiError("the Runtime API closed the connection mid-body")
                 pieces.append(chunk)
@@ -144,9 +147,10 @@ class LeanRuntimeClient(LambdaRuntimeClient):
 
     def call_rapid(self, http_method: str, endpoint: str, expected_http_code: int,
                    payload: Any = None, headers: dict[str, str] | None = None) -> None:
-        # awslambdaric's own opens a new http.client connection for these (init/error, restore).
+        # awslambdaric's own opens a new http.client connection for these (init/error, restore),
+        # which sends no User-Agent: neither does this.
         body = b"" if http_method == "GET" else to_json(payload).encode("utf-8")
-        status, _, answer = self.connection.request(http_method, endpoint, body, headers)
+        status, _, answer = self.connection.request(http_method, endpoint, body, headers, user_agent=False)
         if status != expected_http_code:
             raise LambdaRuntimeClientError(endpoint, status, answer)
 
