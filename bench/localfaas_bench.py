@@ -1,6 +1,8 @@
 """localfaas benchmark (`make bench`): warm overhead of the Invoke API and a function URL over an
-in-process call, a Chalice cold start, requests/s through one URL. Runs its own host on free ports
-(bench/fixtures/template.yaml); prints one table and writes bench/reports/localfaas-<time>.json."""
+in-process call, the CPU the host and the environments spend per warm invocation, a Chalice cold
+start, requests/s through one URL; for each runtime interface client (official awslambdaric, and
+localfaas's lean one). Runs its own hosts on free ports (bench/fixtures/template.yaml); prints one
+table per client and writes bench/reports/localfaas-<time>.json."""
 
 from __future__ import annotations
 
@@ -27,15 +29,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.proc_cpu import CpuMeter  # noqa: E402
 from bench.stats import percentile  # noqa: E402
+from localfaas.environment import DEFAULT_RUNTIME_CLIENT  # noqa: E402
 
 FIXTURES = ROOT / "bench" / "fixtures"
 CHALICE_APP = FIXTURES / "chalice_app" / "app.py"
 REPORTS = ROOT / "bench" / "reports"
 INVOKE = "/2015-03-31/functions/{}/invocations"
 TARGETS = {"invoke_overhead_p50_ms": 1.0, "url_overhead_p50_ms": 1.5, "cold_start_p50_ms": 500.0,
-           "url_requests_per_s": 1500.0, "url_cpu_ms": 0.5}
+           "url_requests_per_s": 1500.0, "url_cpu_per_invocation_ms": 0.5}  # host + runtime (issue 11)
 CONCURRENCY = 16
+CLIENTS = ("official", "lean")  # localfaas start --runtime-client
 
 
 def pct(values: list[float], q: float) -> float:
@@ -46,12 +51,13 @@ def pct(values: list[float], q: float) -> float:
 class Host:
     """A localfaas host in a subprocess; its console goes to <run dir>/console.log."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, runtime_client: str = DEFAULT_RUNTIME_CLIENT) -> None:
         self.run_dir = run_dir
         self.console = open(run_dir / "console.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "localfaas", "start", str(FIXTURES / "template.yaml"), "--port", "0",
-             "--run-dir", str(run_dir)], cwd=ROOT, stdout=self.console, stderr=subprocess.STDOUT)
+             "--run-dir", str(run_dir), "--runtime-client", runtime_client],
+            cwd=ROOT, stdout=self.console, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while not (run_dir / "state.json").exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -60,6 +66,12 @@ class Host:
         state = json.loads((run_dir / "state.json").read_text())
         self.endpoint: str = state["endpoint"]
         self.urls: dict[str, str] = state["urls"]
+
+    def invocations(self, function: str) -> int:
+        client = Client(self.endpoint)
+        status = json.loads(client.call("GET", "/_localfaas/status")[2])
+        client.conn.close()
+        return int(status["functions"][function]["invocations"])
 
     def tail(self, name: str = "console.log", lines: int = 20) -> str:
         text = (self.run_dir / name).read_text(errors="replace") if (self.run_dir / name).exists() else ""
@@ -88,15 +100,21 @@ class Client:
         response = self.conn.getresponse()
         return response.status, dict(response.headers), response.read()
 
-    def timed(self, method: str, path: str, body: bytes | None, count: int, warmup: int) -> list[float]:
+    def timed(self, method: str, path: str, body: bytes | None, count: int, warmup: int,
+              host: Host) -> tuple[list[float], dict[str, float]]:
+        """Round trips in ms, after `warmup` of them, and the host's and the runtimes' CPU per
+        round trip over the timed ones (one client: one warm environment does them all)."""
         samples = []
-        for _ in range(warmup + count):
+        for i in range(warmup + count):
+            if i == warmup:
+                meter = CpuMeter(host.process.pid).start()
             start = time.perf_counter_ns()
             if (status := self.call(method, path, body)[0]) != 200:
                 raise RuntimeError(f"{method} {path} answered {status}")
             samples.append((time.perf_counter_ns() - start) / 1e6)
+        meter.stop()
         self.conn.close()
-        return samples[warmup:]
+        return samples[warmup:], meter.per(count)
 
 
 def url_cpu(host: Host, function: str, clients: int, requests: int) -> dict[str, Any]:
@@ -237,13 +255,16 @@ def throughput(host: Host, function: str, warmup: float, duration: float,
         command = [sys.executable, __file__, "--loadgen", url, str(warmup), str(duration)]
     procs = [loadgen := subprocess.Popen(command, stdout=subprocess.PIPE, text=True)]
     try:
+        time.sleep(0.2 if wrk else warmup + 0.2)  # the environments are warm from here on
+        meter, before = CpuMeter(host.process.pid).start(), host.invocations(function)
         if profile:  # py-spy samples the host only, during the measured part of the load
-            time.sleep((0 if wrk else warmup) + 0.5)
             spy = [shutil.which("py-spy", path=Path(sys.executable).parent) or "py-spy", "record", "-p",
                    str(host.process.pid), "-d", str(int(min(8, duration - 1))), "-f", "raw", "-o", profile,
                    "--nonblocking"]
             procs.append(subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         out = loadgen.communicate()[0]
+        meter.stop()
+        served = host.invocations(function) - before
         procs[-1].wait()
     finally:
         for proc in procs:
@@ -252,16 +273,17 @@ def throughput(host: Host, function: str, warmup: float, duration: float,
                 proc.wait()
     if loadgen.returncode != 0:
         raise RuntimeError(f"load generator failed ({loadgen.returncode}): {out[-500:]}")
-    return _wrk_figures(out, duration) if wrk else json.loads(out)
+    figures = _wrk_figures(out, duration) if wrk else json.loads(out)
+    return figures | {"cpu": meter.per(served)}  # every invocation served while metered
 
 
-def report(f: dict[str, Any]) -> list[str]:
-    load, load311, cold, over = f["url_load"], f["url_load311"], f["cold"], f["overhead"]
+def report(f: dict[str, Any], client: str) -> list[str]:
+    """One client's table: latencies, and the CPU the host and the runtimes spent per invocation."""
+    load, cold, over = f["url_load"], f["cold"], f["overhead"]
     verdict = {k: "met" if ok else "NOT MET" for k, ok in f["met"].items()}
     rows = [
         ("Invoke API warm round trip (Noop)", f["invoke"], "", ""),
         ("Function URL warm round trip (NoopWeb)", f["url"], "", ""),
-        ("In-process handler call (baseline)", f["in_process"], "", ""),
         ("Overhead, Invoke API", over["invoke"], "p50 <= 1 ms", verdict["invoke_overhead_p50_ms"]),
         ("Overhead, function URL", over["url"], "p50 <= 1.5 ms", verdict["url_overhead_p50_ms"]),
         ("Overhead, Invoke API, python3.11 runtime", over["invoke311"], "p50 <= 1 ms",
@@ -273,91 +295,122 @@ def report(f: dict[str, Any]) -> list[str]:
         ("  of which Init Duration (REPORT line)", {"p50_ms": cold["init_p50_ms"],
          "p99_ms": cold["init_max_ms"]}, "", ""),
         (f"Latency at load ({CONCURRENCY} clients, NoopWeb URL)", load, "", ""),
-        (f"Latency at load ({CONCURRENCY} clients, NoopWeb311 URL)", load311, "", ""),
     ]
-    lines = [f"{'measure':<46} {'p50 ms':>9} {'p99/max':>9}  {'target':<16} verdict", "-" * 92]
-    lines += [f"{name:<46} {v['p50_ms']:>9.3f} {v['p99_ms']:>9.3f}  {target:<16} {ok}"
+    cpu_rows = [("Invoke API, one client, warm (Noop)", f["invoke"]["cpu"], "", ""),
+                ("Function URL, one client, warm (NoopWeb)", f["url"]["cpu"],
+                 "<= 0.5 ms", verdict["url_cpu_per_invocation_ms"]),
+                ("Invoke API, python3.11 runtime (Noop311)", f["invoke311"]["cpu"], "", ""),
+                ("Function URL, python3.11 runtime (NoopWeb311)", f["url311"]["cpu"], "", ""),
+                (f"Function URL at load ({CONCURRENCY} clients, NoopWeb)", load["cpu"], "", "")]
+    rule = "-" * 96
+    lines = [f"runtime client: {client}",
+             f"{'measure':<50} {'p50 ms':>9} {'p99/max':>9}  {'target':<16} verdict", rule]
+    lines += [f"{name:<50} {v['p50_ms']:>9.3f} {v['p99_ms']:>9.3f}  {target:<16} {ok}"
               for name, v, target, ok in rows]
-    lines += ["-" * 92, f"{'CPU per warm URL invocation (/proc), ms':<46} {'host':>9} {'runtime':>9}  "
-              f"{'host + runtime':<16} verdict"]
-    for name, run_cpu in f["url_cpu"].items():
-        judged = name == f"NoopWeb, {CONCURRENCY} clients"
-        lines.append(f"{'  ' + name + ', ' + format(run_cpu['requests'], ',') + ' requests':<46} "
-                     f"{run_cpu['host_ms']:>9.3f} {run_cpu['runtime_ms']:>9.3f}  "
-                     f"{format(run_cpu['total_ms'], '.3f') + (' (<= 0.5)' if judged else ''):<16} "
-                     f"{verdict['url_cpu_ms'] if judged else ''}")
-    lines += ["-" * 92]
-    lines += [f"{'Requests/s through one URL (2xx only)':<46} {load['requests_per_s']:>19,.0f}  "
-              f"{'>= 1,500/s':<16} {verdict['url_requests_per_s']}",
-              f"{'Requests/s through one URL, python3.11':<46} {load311['requests_per_s']:>19,.0f}  "
-              f"{'>= 1,500/s':<16} {verdict['url311_requests_per_s']}", "-" * 92,
-              f"load: {load['tool']}, {load['ok']} ok, {load['errors']} errors {load['statuses']}",
-              "overheads = round trip minus in-process call; the cold start column p99/max is the max.",
-              f"note: this machine has {os.cpu_count()} cores; the load generator, the host and its "
-              f"{CONCURRENCY} runtime processes all compete for them",
-              f"      (1-min load average before the run: {f['load_average_before']:.2f}; "
-              "other work on the machine shows up in these figures)."]
+    lines += [f"{'Requests/s through one URL (2xx only)':<50} {load['requests_per_s']:>19,.0f}  "
+              f"{'>= 1,500/s':<16} {verdict['url_requests_per_s']}", rule,
+              f"{'CPU per invocation (ms, from /proc)':<50} {'host':>9} {'runtime':>9} {'both':>7}  "
+              f"{'target':<10} verdict"]
+    lines += [f"{name:<50} {c['host_ms']:>9.3f} {c['runtime_ms']:>9.3f} {c['total_ms']:>7.3f}  "
+              f"{target:<10} {ok}" for name, c, target, ok in cpu_rows]
+    lines += [rule, f"load: {load['tool']}, {load['ok']} ok, {load['errors']} errors {load['statuses']}"]
     return lines
 
 
-def run(quick: bool, profile: str | None) -> dict[str, Any]:
+def measure(client: str, quick: bool, profile: str | None) -> dict[str, Any]:
+    """Everything for one runtime client, on a host of its own."""
     warm, warmup = (300, 50) if quick else (3000, 500)
     cold_n = 3 if quick else 10
     load_warmup, load_seconds = (1.0, 4.0) if quick else (3.0, 10.0)
-    run_dir, load_average = Path(tempfile.mkdtemp(prefix="localfaas-bench-")), os.getloadavg()[0]
+    run_dir = Path(tempfile.mkdtemp(prefix="localfaas-bench-"))
     host: Host | None = None
+    series: dict[str, Any] = {}
     try:
-        host = Host(run_dir)
-        invoke = Client(host.endpoint).timed("POST", INVOKE.format("Noop"), b"{}", warm, warmup)
-        url = Client(host.urls["NoopWeb"]).timed("GET", urlsplit(host.urls["NoopWeb"]).path or "/", None,
-                                                 warm, warmup)
-        invoke311 = Client(host.endpoint).timed("POST", INVOKE.format("Noop311"), b"{}", warm, warmup)
-        url311 = Client(host.urls["NoopWeb311"]).timed(
-            "GET", urlsplit(host.urls["NoopWeb311"]).path or "/", None, warm, warmup)
-        baseline = in_process("handler", {}, warm)
-        web = in_process("web", {"version": "2.0", "rawPath": "/"}, warm)
-        cpu_n = 1000 if quick else 4800
-        url_cpu_runs = {f"{function}, {clients} client{'s' if clients > 1 else ''}":
-                        url_cpu(host, function, clients, cpu_n)
-                        for function in ("NoopWeb", "NoopWeb311") for clients in (1, CONCURRENCY)}
+        host = Host(run_dir, client)
+        for name, function in (("invoke", "Noop"), ("invoke311", "Noop311")):
+            series[name] = Client(host.endpoint).timed("POST", INVOKE.format(function), b"{}", warm, warmup,
+                                                       host)
+        for name, function in (("url", "NoopWeb"), ("url311", "NoopWeb311")):
+            series[name] = Client(host.urls[function]).timed(
+                "GET", urlsplit(host.urls[function]).path or "/", None, warm, warmup, host)
         latencies, inits = cold_starts(host, cold_n)
-        load = throughput(host, "NoopWeb", load_warmup, load_seconds, profile)
-        load311 = throughput(host, "NoopWeb311", load_warmup, load_seconds, None)
+        load = throughput(host, "NoopWeb", load_warmup, load_seconds, profile and f"{profile}.{client}")
     finally:
         if host is not None:
             if sys.exc_info()[0] is not None:
                 print(f"host console (tail):\n{host.tail()}", file=sys.stderr)
             host.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
-    series = {"invoke": invoke, "url": url, "invoke311": invoke311, "url311": url311,
-              "in_process": baseline, "in_process_web": web}
-    f: dict[str, Any] = {k: {"p50_ms": pct(v, 50), "p99_ms": pct(v, 99), "samples": len(v)}
-                         for k, v in series.items()}
-    f["overhead"] = {name: {k: f[name][k] - f[base][k] for k in ("p50_ms", "p99_ms")}
-                     for name, base in (("invoke", "in_process"), ("url", "in_process_web"),
-                                        ("invoke311", "in_process"), ("url311", "in_process_web"))}
+    f: dict[str, Any] = {k: {"p50_ms": pct(v, 50), "p99_ms": pct(v, 99), "samples": len(v), "cpu": cpu}
+                         for k, (v, cpu) in series.items()}
     f["cold"] = {"samples": cold_n, "p50_ms": pct(latencies, 50), "max_ms": max(latencies),
                  "init_p50_ms": pct(inits, 50), "init_max_ms": max(inits),
                  "latencies_ms": latencies, "init_durations_ms": inits}
-    f["url_load"], f["url_load311"], f["load_average_before"] = load, load311, load_average
-    f["url_cpu"] = url_cpu_runs
+    f["url_load"] = load
+    return f
+
+
+def judge(f: dict[str, Any], baselines: dict[str, Any]) -> None:
+    """Overheads over the in-process calls, and each target met or not."""
+    f["overhead"] = {name: {k: f[name][k] - baselines[base][k] for k in ("p50_ms", "p99_ms")}
+                     for name, base in (("invoke", "in_process"), ("url", "in_process_web"),
+                                        ("invoke311", "in_process"), ("url311", "in_process_web"))}
     over, t = f["overhead"], TARGETS
     f["met"] = {"invoke_overhead_p50_ms": over["invoke"]["p50_ms"] <= t["invoke_overhead_p50_ms"],
                 "url_overhead_p50_ms": over["url"]["p50_ms"] <= t["url_overhead_p50_ms"],
                 "cold_start_p50_ms": f["cold"]["p50_ms"] <= t["cold_start_p50_ms"],
                 "invoke311_overhead_p50_ms": over["invoke311"]["p50_ms"] <= t["invoke_overhead_p50_ms"],
                 "url311_overhead_p50_ms": over["url311"]["p50_ms"] <= t["url_overhead_p50_ms"],
-                "url_requests_per_s": load["requests_per_s"] >= t["url_requests_per_s"],
-                # Issue 11: host + runtime CPU per warm URL invocation, under load (python3.12).
-                "url_cpu_ms": url_cpu_runs[f"NoopWeb, {CONCURRENCY} clients"]["total_ms"] <= t["url_cpu_ms"],
-                "url311_requests_per_s": load311["requests_per_s"] >= t["url_requests_per_s"]}
-    return f
+                "url_requests_per_s": f["url_load"]["requests_per_s"] >= t["url_requests_per_s"],
+                "url_cpu_per_invocation_ms": f["url"]["cpu"]["total_ms"] <= t["url_cpu_per_invocation_ms"]}
+
+
+def run(quick: bool, profile: str | None, clients: list[str], rounds: int) -> dict[str, Any]:
+    """The clients in turn, `rounds` times over (interleaved: the machine's other load changes
+    over minutes, and each client should see the same share of it)."""
+    load_average = os.getloadavg()[0]
+    warm = 300 if quick else 3000
+    web_event = {"version": "2.0", "rawPath": "/"}
+    baselines = {name: {"p50_ms": pct(v, 50), "p99_ms": pct(v, 99), "samples": len(v)}
+                 for name, v in (("in_process", in_process("handler", {}, warm)),
+                                 ("in_process_web", in_process("web", web_event, warm)))}
+    results: list[dict[str, Any]] = []
+    for round_ in range(rounds):
+        for client in clients:
+            figures = measure(client, quick, profile)
+            judge(figures, baselines)
+            results.append({"client": client, "round": round_ + 1, **figures})
+    return {"baselines": baselines, "runs": results, "load_average_before": load_average}
+
+
+def summary(f: dict[str, Any]) -> list[str]:
+    """CPU per warm function-URL invocation, per client over the rounds (min-max)."""
+    lines = [f"{'CPU per warm URL invocation, ms (min-max)':<44} {'host':>13} {'runtime':>13} {'both':>13}"]
+    for client in dict.fromkeys(run["client"] for run in f["runs"]):
+        for label, key in (("one client", "url"), (f"{CONCURRENCY} clients", "url_load")):
+            cpus = [run[key]["cpu"] for run in f["runs"] if run["client"] == client]
+            spans = [f"{min(c[k] for c in cpus):.3f}-{max(c[k] for c in cpus):.3f}"
+                     for k in ("host_ms", "runtime_ms", "total_ms")]
+            lines.append(f"{client + ', ' + label:<44} {spans[0]:>13} {spans[1]:>13} {spans[2]:>13}")
+    base = f["baselines"]
+    lines += [f"in-process handler call (the overheads' baseline): {base['in_process']['p50_ms']:.3f} ms p50",
+              "overheads = round trip minus in-process call; the cold start column p99/max is the max.",
+              f"note: this machine has {os.cpu_count()} cores; the load generator, the host and its "
+              f"{CONCURRENCY} runtime processes all compete for them",
+              f"      (1-min load average before the run: {f['load_average_before']:.2f}; latencies and "
+              "requests/s move with other work on the machine, CPU per invocation much less)."]
+    return lines
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (~20 s), for development")
-    parser.add_argument("--profile", metavar="FILE", help="py-spy the host during the URL load (raw format)")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="py-spy the host during the URL load (raw format, FILE.<client>)")
+    parser.add_argument("--clients", default=",".join(CLIENTS),
+                        help=f"runtime interface clients to measure, in turn (default {','.join(CLIENTS)})")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every client this many times, interleaved")
     parser.add_argument("--loadgen", nargs=3, metavar=("URL", "WARMUP", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loadgen:
@@ -369,9 +422,14 @@ def main() -> int:
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the host is stopped on SIGTERM too
     started = time.strftime("%Y%m%d-%H%M%S")
-    figures = run(args.quick, args.profile)
+    clients = [client.strip() for client in args.clients.split(",") if client.strip()]
+    if unknown := set(clients) - set(CLIENTS):
+        parser.error(f"unknown runtime clients {sorted(unknown)}: choose from {', '.join(CLIENTS)}")
+    figures = run(args.quick, args.profile, clients, args.rounds)
     print(f"localfaas benchmark ({'quick' if args.quick else 'full'}{', profiled' if args.profile else ''})")
-    print("\n".join(report(figures)))
+    for result in figures["runs"]:
+        print("\n".join(report(result, f"{result['client']} (round {result['round']})")) + "\n")
+    print("\n".join(summary(figures)))
     REPORTS.mkdir(parents=True, exist_ok=True)
     path = REPORTS / f"localfaas-{started}.json"
     path.write_text(json.dumps({"started": started, "mode": "quick" if args.quick else "full",

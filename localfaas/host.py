@@ -19,6 +19,7 @@ from aiohttp import web
 from localfaas.api import LambdaApi
 from localfaas.aws import MAX_PAYLOAD_BYTES
 from localfaas.backoff import Backoff
+from localfaas.environment import DEFAULT_RUNTIME_CLIENT, RUNTIME_CLIENT_SETTING, RuntimeClient
 from localfaas.http11 import HttpServer
 from localfaas.httpserver import bare_server
 from localfaas.invocation import Invocation, InvocationOutcome, new_request_id
@@ -44,6 +45,7 @@ class HostConfig:
     minute_seconds: float = 60.0  # shorten schedule rates for development
     console: ConsoleMode = ConsoleMode.QUIET  # or FULL: every function log line on the console, too
     summary_seconds: float = 10.0  # the quiet console's summary line, when something ran
+    runtime_client: RuntimeClient = DEFAULT_RUNTIME_CLIENT  # what every environment runs
 
 
 ASYNC_RETRIES = 2  # Lambda retries a failed Event invocation twice
@@ -63,6 +65,7 @@ class Host:
         for key, value in config.parameter_overrides.items():
             if parameter_key(key) == parameter_key("RABBITMQ_URL"):
                 self.settings["RABBITMQ_URL"] = value  # the MQ mappings' broker, too
+        self.settings[RUNTIME_CLIENT_SETTING] = config.runtime_client.value  # read by lambda_environment
         self.logs = LogSink(config.run_dir / "logs", console, config.console, config.summary_seconds)
         self.started_at = time.time()
         self._control_socket = _listen(config.host, config.port)

@@ -21,7 +21,7 @@ from localfaas.__main__ import (
     parse_parameter_overrides,
     parser,
 )
-from tests.localfaas.conftest import FIXTURES, ROOT, RunningHost, start_host
+from tests.localfaas.conftest import FIXTURES, ROOT, RunningHost, client_args, start_host
 
 # -- --parameter-overrides, the parser ------------------------------------------------------------
 
@@ -94,8 +94,9 @@ def test_start_refuses_a_malformed_override(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHost]:
-    running = start_host(FIXTURES / "template.yaml", tmp_path_factory.mktemp("cli"))
+def host(tmp_path_factory: pytest.TempPathFactory, runtime_client: str) -> Iterator[RunningHost]:
+    running = start_host(FIXTURES / "template.yaml", tmp_path_factory.mktemp("cli"),
+                         extra_args=client_args(runtime_client))
     yield running
     running.stop()
 

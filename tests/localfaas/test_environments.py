@@ -1,5 +1,6 @@
 """Execution environments through the real host: context, variables, layers, cold and warm
-starts, timeouts, crashes, init errors, the concurrency cap, deploys and shutdown."""
+starts, timeouts, crashes, init errors, marshalling, logging, signals, the concurrency cap,
+deploys and shutdown. Each runs against both runtime interface clients (conftest.RUNTIME_CLIENTS)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -14,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from taskfaas.stack import RunningHost, http, start_host
-from tests.localfaas.conftest import FIXTURES
+from tests.localfaas.conftest import CLIENT_MODULES, FIXTURES, client_args
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory):
+def host(tmp_path_factory: pytest.TempPathFactory, runtime_client: str):
     running = start_host(FIXTURES / "template.yaml", tmp_path_factory.mktemp("envs"),
-                         overrides={"Greeting": "hi"})
+                         overrides={"Greeting": "hi"}, extra_args=client_args(runtime_client))
     yield running
     running.stop()
 
@@ -29,6 +31,15 @@ def invoke_json(host: RunningHost, name: str, payload: object = None) -> tuple[d
     status, headers, body = host.invoke(name, payload)
     assert status == 200, body
     return json.loads(body), headers
+
+
+def test_the_environment_runs_the_chosen_client(host: RunningHost, runtime_client: str) -> None:
+    """Else the tests below would prove one client twice. The setting that chose it stays out of
+    the function's process: Lambda sets no such variable."""
+    pid = invoke_json(host, "Echo")[0]["pid"]
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert command[1:4] == [b"-m", CLIENT_MODULES[runtime_client].encode(), b"app.echo"]
+    assert b"LOCALFAAS_RUNTIME_CLIENT" not in Path(f"/proc/{pid}/environ").read_bytes()
 
 
 def test_context_and_remaining_time(host: RunningHost) -> None:
@@ -118,6 +129,50 @@ def test_handler_exception_is_a_function_error(host: RunningHost) -> None:
     assert error["errorType"] == "KeyError" and error["errorMessage"] == "'missing'"
     assert error["requestId"] == headers["x-amzn-RequestId"]
     assert any("raise KeyError" in frame for frame in error["stackTrace"])
+    # awslambdaric's log record of it: one record, its lines ended by \r (the host splits them).
+    log = host.wait_for_log("Behave", "[ERROR] KeyError: 'missing'\n")
+    record = log[log.index("[ERROR] KeyError: 'missing'"):].splitlines()
+    assert record[1] == "Traceback (most recent call last):"
+    assert record[2].startswith('\u00a0\u00a0File "') and record[2].endswith("in behave")
+
+
+def test_results_are_marshalled_as_awslambdaric_does(host: RunningHost) -> None:
+    """Decimals as numbers, text unescaped (python3.12), bytes as they are; a value JSON cannot
+    hold is the runtime's Runtime.MarshalError, and the environment stays warm."""
+    status, headers, body = host.invoke("Behave", {"marshal": "decimal"})
+    assert status == 200 and "X-Amz-Function-Error" not in headers
+    assert body == '{"price": 1.50, "text": "caf\u00e9"}'.encode()
+    status, headers, body = host.invoke("Behave", {"marshal": "bytes"})
+    assert status == 200 and body == b"\x00raw bytes\xff" and "X-Amz-Function-Error" not in headers
+    pid = invoke_json(host, "Behave")[0]["pid"]
+    _status, headers, body = host.invoke("Behave", {"marshal": "set"})
+    assert headers["X-Amz-Function-Error"] == "Unhandled"
+    error = json.loads(body)
+    assert error == {"errorType": "Runtime.MarshalError", "requestId": headers["x-amzn-RequestId"],
+                     "errorMessage": "Unable to marshal response: "
+                                     "Object of type set is not JSON serializable",
+                     "stackTrace": []}
+    assert invoke_json(host, "Behave")[0]["pid"] == pid
+
+
+def test_logging_records_carry_the_request_id(host: RunningHost) -> None:
+    marker = f"logged {time.time_ns()}"
+    _result, headers = invoke_json(host, "Behave", {"log": marker})
+    log = host.wait_for_log("Behave", marker)
+    [line] = [line for line in log.splitlines() if line.endswith(marker)]
+    assert re.fullmatch(rf"\[WARNING\]\t\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{{3}}Z\t"
+                        rf"{headers['x-amzn-RequestId']}\t{marker}", line), line
+
+
+def test_a_signal_handler_runs_while_the_environment_waits(host: RunningHost) -> None:
+    """A function's SIGTERM handler runs between invocations, while the runtime waits for the
+    next one (awslambdaric polls from a thread for this; the lean client's recv lets it through),
+    and the environment serves the next invocation afterwards."""
+    pid = invoke_json(host, "Behave", {"trap": "SIGTERM"})[0]["pid"]
+    time.sleep(0.2)  # the answer is out: the runtime is back in its wait for the next invocation
+    os.kill(pid, signal.SIGTERM)
+    host.wait_for_log("Behave", f"caught signal {int(signal.SIGTERM)}")
+    assert invoke_json(host, "Behave")[0]["pid"] == pid
 
 
 def test_init_error_is_reported_and_not_cached(host: RunningHost) -> None:
@@ -128,6 +183,54 @@ def test_init_error_is_reported_and_not_cached(host: RunningHost) -> None:
         assert error["errorType"] == "Runtime.ImportModuleError"
         assert "module_that_does_not_exist" in error["errorMessage"]
     host.wait_for_log("Broken", "Phase: init\tStatus: error\tError Type: Runtime.ImportModuleError")
+
+
+INIT_FAILURES = """
+  NoHandler:
+    Type: AWS::Serverless::Function
+    Properties: {CodeUri: basic/, Handler: app.missing}
+  BadSyntax:
+    Type: AWS::Serverless::Function
+    Properties: {CodeUri: broken/, Handler: syntax.handler}
+  RaisesAtImport:
+    Type: AWS::Serverless::Function
+    Properties: {CodeUri: broken/, Handler: raising.handler}
+  NoDot:
+    Type: AWS::Serverless::Function
+    Properties: {CodeUri: basic/, Handler: app}
+
+Outputs:"""
+
+
+def test_init_errors_of_each_kind(localfaas, tmp_path: Path, runtime_client: str) -> None:
+    """awslambdaric's init error documents (docs/lambda_behaviours.md §1.3), posted to /init/error
+    and returned to the caller; the logs say which."""
+    code = tmp_path / "fixtures"
+    shutil.copytree(FIXTURES, code)
+    (code / "broken" / "syntax.py").write_text("def handler(event, context:\n    return 1\n")
+    (code / "broken" / "raising.py").write_text("raise RuntimeError('no config')\n")
+    template = code / "template.yaml"
+    template.write_text(template.read_text().replace("\nOutputs:", INIT_FAILURES))
+    host = localfaas(template, runtime_client=runtime_client)
+    expected = {
+        "NoHandler": ("Runtime.HandlerNotFound", "Handler 'missing' missing on module 'app'"),
+        "BadSyntax": ("Runtime.UserCodeSyntaxError", "Syntax error in module 'syntax': "),
+        "RaisesAtImport": ("RuntimeError", "no config"),
+        "NoDot": ("Runtime.MalformedHandlerName",
+                  "Bad handler 'app': not enough values to unpack (expected 2, got 1)"),
+    }
+    for name, (error_type, message) in expected.items():
+        _status, headers, body = host.invoke(name)
+        error = json.loads(body)
+        assert headers["X-Amz-Function-Error"] == "Unhandled", (name, error)
+        assert error["errorType"] == error_type and error["errorMessage"].startswith(message), error
+        assert error["requestId"] == ""  # an init error belongs to no invocation
+        host.wait_for_log(name, f"Phase: init\tStatus: error\tError Type: {error_type}")
+    syntax = json.loads(host.invoke("BadSyntax")[2])
+    syntax_file = code / "broken" / "syntax.py"
+    assert syntax["stackTrace"] == [f'  File "{syntax_file}" Line 1\n    def handler(event, context:\n']
+    raising = json.loads(host.invoke("RaisesAtImport")[2])
+    assert any("raise RuntimeError('no config')" in frame for frame in raising["stackTrace"]), raising
 
 
 def test_concurrency_cap_throttles(host: RunningHost) -> None:
@@ -159,10 +262,11 @@ def test_cli_invoke(host: RunningHost) -> None:
     assert failed.returncode == 1 and json.loads(failed.stdout)["errorType"] == "KeyError"
 
 
-def test_deploy_swaps_code_without_failing_in_flight(localfaas, tmp_path: Path) -> None:
+def test_deploy_swaps_code_without_failing_in_flight(localfaas, tmp_path: Path,
+                                                     runtime_client: str) -> None:
     code = tmp_path / "fixtures"
     shutil.copytree(FIXTURES, code)
-    host = localfaas(code / "template.yaml")
+    host = localfaas(code / "template.yaml", runtime_client=runtime_client)
     app = code / "basic" / "app.py"
     results: list[tuple[int, dict, bytes]] = []
     in_flight = threading.Thread(target=lambda: results.append(host.invoke("Capped", {"sleep": 2})))
@@ -203,8 +307,8 @@ def test_unsupported_template_parts_are_reported(localfaas, tmp_path: Path) -> N
         assert any(expected in warning for warning in host.warnings)
 
 
-def test_sigterm_leaves_no_processes(localfaas) -> None:
-    host = localfaas()
+def test_sigterm_leaves_no_processes(localfaas, runtime_client: str) -> None:
+    host = localfaas(runtime_client=runtime_client)
     pids = [json.loads(host.invoke(name, {})[2])["pid"] for name in ("Echo", "Behave")]
     assert host.stop() == 0
     for pid in pids:

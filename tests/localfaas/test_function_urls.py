@@ -19,18 +19,18 @@ from urllib.parse import urlsplit
 import pytest
 
 from taskfaas.stack import RunningHost, http, start_host
-from tests.localfaas.conftest import FIXTURES
+from tests.localfaas.conftest import FIXTURES, client_args
 
 ALLOWED = "https://allowed.example"
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHost]:
+def host(tmp_path_factory: pytest.TempPathFactory, runtime_client: str) -> Iterator[RunningHost]:
     # --concurrency 32 (localfaas's default, made explicit): an unreserved function is capped at
     # that many environments, so with a cap below 30 a burst of 30 would partly get 429; in Lambda
     # the account pool (1000) is the only cap. The burst test below needs the account-pool behaviour.
     running = start_host(FIXTURES / "template.yaml", tmp_path_factory.mktemp("urls"),
-                         extra_args=["--concurrency", "32"])
+                         extra_args=["--concurrency", "32", *client_args(runtime_client)])
     yield running
     running.stop()
 

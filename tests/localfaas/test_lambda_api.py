@@ -25,7 +25,7 @@ from localstack_client.session import Session as LocalstackClientSession
 from pytest_localstack.session import RunningSession
 
 from taskfaas.stack import RABBITMQ_URL, eventually, http
-from tests.localfaas.conftest import FIXTURES, RunningHost, start_host
+from tests.localfaas.conftest import FIXTURES, RunningHost, client_args, start_host
 
 FUNCTIONS = {"Echo", "Behave", "Capped", "Web", "Big", "Broken"}
 NO_RETRY = Config(retries={"max_attempts": 1, "mode": "standard"})
@@ -36,13 +36,14 @@ _REDIRECTS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_LAMBDA", "LOCALSTACK_HOST", 
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHost]:
+def host(tmp_path_factory: pytest.TempPathFactory, runtime_client: str) -> Iterator[RunningHost]:
     with pytest.MonkeyPatch.context() as patch:
         for name in _REDIRECTS:
             patch.delenv(name, raising=False)
         patch.setenv("AWS_CONFIG_FILE", os.devnull)
         patch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-        running = start_host(FIXTURES / "template.yaml", tmp_path_factory.mktemp("api"))
+        running = start_host(FIXTURES / "template.yaml", tmp_path_factory.mktemp("api"),
+                             extra_args=client_args(runtime_client))
         yield running
         running.stop()
 

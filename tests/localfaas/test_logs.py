@@ -49,8 +49,8 @@ def summary_totals(host: RunningHost, function: str) -> tuple[int, int, int]:
     return totals[0], totals[1], totals[2]
 
 
-def test_a_normal_invocation_shows_its_cold_start_only(localfaas: Console) -> None:
-    host = localfaas(args=["--summary-seconds", "1"])
+def test_a_normal_invocation_shows_its_cold_start_only(localfaas: Console, runtime_client: str) -> None:
+    host = localfaas(args=["--summary-seconds", "1"], runtime_client=runtime_client)
     first = json.loads(host.invoke("Behave", {"n": 1})[2])
     status, headers, _ = host.invoke("Behave", {"n": 2})
     assert status == 200 and "X-Amz-Function-Error" not in headers
@@ -73,8 +73,8 @@ def test_a_normal_invocation_shows_its_cold_start_only(localfaas: Console) -> No
     assert first["ok"] is True
 
 
-def test_failures_each_get_a_line(localfaas: Console) -> None:
-    host = localfaas(args=["--summary-seconds", "1"])
+def test_failures_each_get_a_line(localfaas: Console, runtime_client: str) -> None:
+    host = localfaas(args=["--summary-seconds", "1"], runtime_client=runtime_client)
     raised = host.invoke("Behave", {"raise": "missing-key"})[1]["x-amzn-RequestId"]
     crashed = host.invoke("Behave", {"exit": 3})[1]["x-amzn-RequestId"]
     timed_out = host.invoke("Behave", {"sleep": 5})[1]["x-amzn-RequestId"]  # Behave's Timeout is 2 s
@@ -97,8 +97,8 @@ def test_failures_each_get_a_line(localfaas: Console) -> None:
                lambda: f"a summary of 3 failed invocations:\n{host.console()}")
 
 
-def test_an_environment_that_dies_idle_is_reported(localfaas: Console) -> None:
-    host = localfaas()
+def test_an_environment_that_dies_idle_is_reported(localfaas: Console, runtime_client: str) -> None:
+    host = localfaas(runtime_client=runtime_client)
     pid = json.loads(host.invoke("Echo", {})[2])["pid"]
     os.kill(pid, signal.SIGKILL)
     wait_console(host, "environment exited unexpectedly (exit status -9)")
@@ -114,8 +114,8 @@ def test_no_summary_when_nothing_ran(localfaas: Console) -> None:
     assert len(summaries) == 1, summaries
 
 
-def test_full_console_shows_every_line(localfaas: Console) -> None:
-    host = localfaas(args=["--console", "full"])
+def test_full_console_shows_every_line(localfaas: Console, runtime_client: str) -> None:
+    host = localfaas(args=["--console", "full"], runtime_client=runtime_client)
     request_id = host.invoke("Behave", {"n": 1})[1]["x-amzn-RequestId"]
     host.invoke("Behave", {"raise": "k"})
     console = wait_console(host, f"REPORT RequestId: {request_id}")
