@@ -92,7 +92,7 @@ def url_cpu(requests: int) -> dict[str, Any]:
         shutil.rmtree(run_dir, ignore_errors=True)
     print(f"  localfaas: {figures['total_ms']} ms of host + runtime CPU per warm URL invocation", flush=True)
     return {"system": "localfaas", "mode": "warm URL invocation", "reads": "-", "tasks": figures["requests"],
-            **figures, "settings": "bench/fixtures NoopWeb (python3.12, the default runtime client), http.client threads"}
+            **figures, "settings": "NoopWeb (python3.12, default runtime client), http.client threads"}
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, set[str]]:
