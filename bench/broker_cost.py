@@ -264,6 +264,57 @@ def run_variant(work: Path, env: dict[str, str], args: argparse.Namespace) -> di
     return per_task
 
 
+def direct(args: argparse.Namespace) -> None:
+    """The broker alone: per queue type, --direct messages (persistent, ~200 bytes) published in
+    confirmed batches of --batch to a durable queue, each batch consumed and acked (prefetch 100)
+    before the next; the node's CPU per message, per round, both types in turn on one private node."""
+    from taskcore.rabbitmq import OutgoingMessage
+    from taskcore.rabbitmq.amqp import ConfirmingChannel, connection_parameters
+
+    types = {"quorum": {"x-queue-type": "quorum", "x-delivery-limit": 5},
+             "classic v2": {"x-queue-type": "classic", "x-queue-version": 2}}
+    figures: dict[str, list[float]] = {name: [] for name in types}
+    body = json.dumps({"task_id": "x" * 36, "payload": {"data": "y" * 150}}).encode()
+    with tempfile.TemporaryDirectory(prefix="broker-cost-") as tmp, \
+            private_rabbitmq(Path(tmp) / "rabbitmq") as (url, _ctl, broker):
+        connection = pika.BlockingConnection(connection_parameters(url, 30))
+        confirming = ConfirmingChannel(connection)
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=100)
+        for round_number in range(args.rounds):
+            for name, arguments in types.items():
+                queue = f"direct-{uuid.uuid4().hex[:8]}"
+                channel.queue_declare(queue, durable=True, arguments=arguments)
+                time.sleep(1)  # the declaration's own work is not counted
+                pids = session(broker.pid)
+                before = sum(cpu_seconds(pid) for pid in pids)
+                size = args.batch
+                messages = [OutgoingMessage(queue, body, str(i)) for i in range(size)]
+                received = 0
+                # Streaming, as the stack does: each confirmed batch of 100 is consumed and acked
+                # before the next (acks multiple, one per 10 deliveries, as a worker's leave together).
+                deliveries = channel.consume(queue, inactivity_timeout=5)
+                for _ in range(args.direct // size):
+                    outcome: list[object] = [None] * size
+                    confirming.publish("", messages, range(size), outcome, 30)  # type: ignore[arg-type]
+                    for taken in range(1, size + 1):
+                        method, _properties, _body = next(deliveries)
+                        if method is None:
+                            raise RuntimeError("a confirmed message was not delivered")
+                        if taken % 10 == 0 or taken == size:
+                            channel.basic_ack(method.delivery_tag, multiple=True)
+                    received += size
+                channel.cancel()
+                used = sum(cpu_seconds(pid) for pid in pids) - before
+                figures[name].append(used / received * 1000)
+                channel.queue_delete(queue)
+                print(f"round {round_number + 1} {name}: {figures[name][-1]:.3f} ms of broker CPU per "
+                      f"message ({received} published with confirms, consumed, acked)", flush=True)
+        connection.close()
+    for name, values in figures.items():
+        print(f"{name:<12} {statistics.median(values):.3f} ms/message [{min(values):.3f}-{max(values):.3f}]")
+
+
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     name, _, settings = text.partition(":")
     env = dict(item.split("=", 1) for item in settings.split(",") if item)
@@ -282,7 +333,12 @@ def main() -> int:
     parser.add_argument("--py-spy", metavar="DIR", help="record one worker with py-spy into DIR")
     parser.add_argument("--variant", action="append", default=[],
                         help='"name:KEY=VALUE,..." extra settings of the stack (default: one, as is)')
+    parser.add_argument("--direct", type=int, metavar="N",
+                        help="the broker alone: N messages through a queue of each type, no stack")
     args = parser.parse_args()
+    if args.direct:
+        direct(args)
+        return 0
     variants = [parse_variant(v) for v in args.variant] or [("default", {})]
     figures: dict[str, list[dict[str, float]]] = {name: [] for name, _ in variants}
     with tempfile.TemporaryDirectory(prefix="broker-cost-") as tmp:
