@@ -270,18 +270,29 @@ return cjson.encode(out)
 
 # A worker starts an attempt.
 # KEYS: none.
-# ARGV: prefix, task_id, worker_id, started_at_ms, attempt, result_ttl_s, running_ttl_ms.
-# Returns "running", "final" (already done: the worker should ack without running it again) or
-# "missing" (no record: the admission was undone or the record expired).
+# ARGV: prefix, task_id, worker_id, started_at_ms, attempt, result_ttl_s, running_ttl_ms,
+#       redelivered ("1" or "0"), delivery_limit (0: the broker counts deliveries).
+# Returns "running", "final" (already done: the worker should ack without running it again),
+# "missing" (no record: the admission was undone or the record expired) or "poison" (delivered
+# again more than delivery_limit times: the worker dead-letters it unrun).
 # A leader's inflight:<fp> is refreshed to running_ttl_ms so a long queue wait cannot let it lapse
 # while the work is in hand.
+# Delivery counting, for classic queues (no x-delivery-limit): a message the broker delivers again
+# (its worker died or lost its connection holding it) has the redelivered flag; each such delivery
+# is counted in the record's `deliveries` field, before the attempt runs, so that an attempt that
+# kills its worker is counted too. Past the limit the message is poison, as a quorum queue would
+# dead-letter it after delivery_limit returns: both run it at most 1 + delivery_limit times.
 MARK_RUNNING = """
 local prefix, id, worker, started, attempt = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local result_ttl, running_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
+local redelivered, limit = ARGV[8], tonumber(ARGV[9])
 local tkey = prefix .. 'task:' .. id
 local rec = redis.call('HMGET', tkey, 'status', 'fingerprint')
 if not rec[1] then return 'missing' end
 if rec[1] == 'succeeded' or rec[1] == 'failed' then return 'final' end
+if limit > 0 and redelivered == '1' and redis.call('HINCRBY', tkey, 'deliveries', 1) > limit then
+  return 'poison'
+end
 redis.call('HSET', tkey, 'status', 'running', 'worker_id', worker, 'started_at', started, 'attempt', attempt)
 redis.call('PEXPIRE', tkey, result_ttl * 1000 + running_ttl)
 if rec[1] == 'queued' then

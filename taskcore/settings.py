@@ -9,6 +9,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 DISPATCH_MODES = ("round_robin", "shared")
+# The work queues' type (taskcore.rabbitmq.topology): RabbitMQ's quorum queues, or classic queues
+# (version 2, durable) whose deliveries the worker counts itself (docs/taskcore.md).
+QUEUE_TYPES = ("quorum", "classic")
 
 
 class SettingsError(ValueError):
@@ -35,8 +38,10 @@ class Settings:
     supervisor_timeout: float = 10.0
     # Extra life of inflight:<fp> beyond the time limits, covering the time a leader waits in a queue.
     inflight_margin: float = 600.0
-    # Quorum queues dead-letter a message after this many redeliveries (a poison message).
+    # A task message is dead-lettered after this many redeliveries (a poison message): by the broker
+    # (x-delivery-limit) on quorum queues, by the worker's count on classic ones.
     delivery_limit: int = 5
+    queue_type: str = "quorum"
     # How long a "done" wake-up marker lives; long enough for any long-poll to see it.
     done_ttl: int = 120
     redis_timeout: float = 5.0
@@ -66,6 +71,8 @@ class Settings:
     def check(self) -> None:
         if self.dispatch_mode not in DISPATCH_MODES:
             raise SettingsError(f"DISPATCH_MODE must be one of {DISPATCH_MODES}, not {self.dispatch_mode!r}")
+        if self.queue_type not in QUEUE_TYPES:
+            raise SettingsError(f"QUEUE_TYPE must be one of {QUEUE_TYPES}, not {self.queue_type!r}")
         for name in ("result_ttl", "cache_ttl", "max_batch", "max_body_bytes", "max_attempts",
                      "worker_ttl", "heartbeat_seconds", "delivery_limit", "done_ttl", "prefetch_multiplier"):
             if getattr(self, name) <= 0:

@@ -54,6 +54,7 @@ class RunVerdict(StrEnum):
     RUNNING = "running"  # run it
     FINAL = "final"  # already done: ack without running again
     MISSING = "missing"  # no record (admission undone, or expired): drop it
+    POISON = "poison"  # delivered again past the delivery limit (classic queues): dead-letter it
 
 
 class Completion(StrEnum):

@@ -27,6 +27,8 @@ from taskcore.states import FINAL_STATUSES, Admitted, CacheOutcome, Completion, 
 # Record fields stored as JSON text, decoded by get().
 _JSON_FIELDS = ("payload", "result")
 _INT_FIELDS = ("complexity", "submitted_at", "started_at", "finished_at", "attempt")
+# Bookkeeping of the scripts, not part of a task's record as the API shows it.
+_HIDDEN_FIELDS = ("admission", "deliveries")
 # Task ids kept in the recent index (ADMIT trims it): what GET /tasks can list and filter.
 RECENT_TASKS = 1_000
 # Records read per round trip while filtering the recent index.
@@ -87,8 +89,9 @@ class TaskStorage(Protocol):
         ...
 
     def mark_running(self, task_id: str, worker_id: str, attempt: int, started_at: int,
-                     complexity: int) -> RunVerdict:
-        """A worker starts an attempt: running, final (skip it) or missing (drop it)."""
+                     complexity: int, redelivered: bool = False) -> RunVerdict:
+        """A worker starts an attempt: running, final (skip it), missing (drop it) or poison (a
+        redelivery past the delivery limit on classic queues: dead-letter it)."""
         ...
 
     def get(self, task_id: str) -> dict[str, Any] | None:
@@ -209,10 +212,12 @@ class TaskStore:
         return [Completion(outcome) for outcome in json.loads(self._complete(args=args))]
 
     def mark_running(self, task_id: str, worker_id: str, attempt: int, started_at: int,
-                     complexity: int = 1) -> RunVerdict:
+                     complexity: int = 1, redelivered: bool = False) -> RunVerdict:
+        # Quorum queues count deliveries themselves (x-delivery-limit); classic ones do not.
+        limit = self.settings.delivery_limit if self.settings.queue_type == "classic" else 0
         verdict = self._mark_running(args=[
             self.keys.prefix, task_id, worker_id, started_at, attempt, self.settings.result_ttl,
-            self.settings.running_ttl_ms(complexity)])
+            self.settings.running_ttl_ms(complexity), int(redelivered), limit])
         return RunVerdict(verdict.decode() if isinstance(verdict, bytes) else verdict)
 
     # Reading ------------------------------------------------------------------------------------
@@ -366,7 +371,7 @@ def decode_fields(task_id: str, fields: dict[str, str]) -> dict[str, Any] | None
             record[name] = json.loads(text)
         elif name in _INT_FIELDS:
             record[name] = int(text)
-        elif name != "admission":
+        elif name not in _HIDDEN_FIELDS:
             record[name] = text
     return record
 

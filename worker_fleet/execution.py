@@ -38,8 +38,9 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class AttemptOutcome:
-    """What an attempt came to. status: "succeeded", "failed", or "skipped" (nothing to run: the task
-    is already final, or its record is missing because its admission was undone)."""
+    """What an attempt came to. status: "succeeded", "failed", "skipped" (nothing to run: the task
+    is already final, or its record is missing because its admission was undone) or "poison" (a
+    redelivery past the delivery limit, counted on classic queues: dead-lettered unrun)."""
 
     status: str
     started_at: int
@@ -57,10 +58,14 @@ def attempt_number(task: Task) -> int:
 
 
 def run_attempt(task: Task, worker_id: str, settings: Settings, store: TaskStore,
-                cancel: threading.Event) -> AttemptOutcome:
+                cancel: threading.Event, redelivered: bool = False) -> AttemptOutcome:
     attempt = attempt_number(task)
     started = now_ms()
-    state = _mark_running(task, worker_id, attempt, started, store)
+    state = _mark_running(task, worker_id, attempt, started, store, redelivered)
+    if state == "poison":
+        log("poison", task_id=task.task_id, worker_id=worker_id, attempt=attempt,
+            delivery_limit=settings.delivery_limit)
+        return AttemptOutcome("poison", started, now_ms(), retryable=False, reason="delivery_limit")
     if state in ("final", "missing"):
         log("skipped", task_id=task.task_id, worker_id=worker_id, attempt=attempt, reason=state)
         return AttemptOutcome("skipped", started, now_ms(), reason=state)
@@ -95,10 +100,12 @@ def _pause(seconds: float, cancel: threading.Event) -> None:
         raise Cancelled
 
 
-def _mark_running(task: Task, worker_id: str, attempt: int, started: int, store: TaskStore) -> str:
+def _mark_running(task: Task, worker_id: str, attempt: int, started: int, store: TaskStore,
+                  redelivered: bool) -> str:
     try:
         return REDIS_RETRY.call(
-            lambda: store.mark_running(task.task_id, worker_id, attempt, started, task.complexity),
+            lambda: store.mark_running(task.task_id, worker_id, attempt, started, task.complexity,
+                                       redelivered),
             redis.RedisError, MARK_RUNNING_TRIES)
     except redis.RedisError as error:
         log("redis_unavailable", worker_id=worker_id, task_id=task.task_id, op="mark_running",

@@ -20,6 +20,9 @@ class Job:
     # The connection it came on: its tag means nothing on another, and once that one is gone the
     # broker has the message again.
     consumer: Consumer
+    # The broker delivered it before (its worker died or lost its connection): on classic queues
+    # mark_running counts such deliveries against the delivery limit.
+    redelivered: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
     started_at: int = 0
     # The outcome that counts: set once; a later one (a thread outliving its time limit) is discarded.

@@ -197,7 +197,7 @@ class Worker:
                 body=delivery.body[:200].decode("utf-8", "replace"))
             self._consumer.reject(delivery.tag, requeue=False)
             return
-        self._waiting.append(Job(task, delivery.tag, self._consumer))
+        self._waiting.append(Job(task, delivery.tag, self._consumer, delivery.redelivered))
         self._start_jobs()
 
     def _start_jobs(self) -> None:
@@ -214,8 +214,9 @@ class Worker:
         if job.cancel.is_set():
             return
         try:
-            outcome = run_attempt(job.task, self.worker_id, self.settings, self.store, job.cancel)
-            if outcome.status != "skipped":
+            outcome = run_attempt(job.task, self.worker_id, self.settings, self.store, job.cancel,
+                                  job.redelivered)
+            if outcome.status not in ("skipped", "poison"):
                 self._processed.add()
         except Exception as error:  # a bug in the worker must still end in an outcome, not a lost task
             log("attempt_crashed", worker_id=self.worker_id, task_id=job.task.task_id, error=repr(error))
@@ -260,6 +261,12 @@ class Worker:
         consumer = self._consumer
         if not jobs or consumer is None:
             return
+        for job in [job for job in jobs if job.decided is not None and job.decided.status == "poison"]:
+            # Past the delivery limit (counted on classic queues): to tasks.dead through the queue's
+            # dead-letter exchange, where the janitor fails the task, as a quorum queue would do.
+            consumer.reject(job.tag, requeue=False)
+            del self._running[job.tag]
+            jobs.remove(job)
         plans = [publication_for(self.settings, self.worker_id, job.task, job.decided)
                  for job in jobs if job.decided is not None]
         wanted = [(index, plan) for index, plan in enumerate(plans) if plan is not None]

@@ -34,6 +34,7 @@ DELIVERY_LIMIT = "x-delivery-limit"
 DEAD_LETTER_EXCHANGE = "x-dead-letter-exchange"
 DEAD_LETTER_ROUTING_KEY = "x-dead-letter-routing-key"
 MESSAGE_TTL = "x-message-ttl"
+QUEUE_VERSION = "x-queue-version"
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,13 @@ def retry_delays_ms(settings: Settings) -> list[int]:
 
 
 def work_queue_arguments(settings: Settings, dead_routing_key: str) -> dict[str, Any]:
-    return {
-        QUEUE_TYPE: "quorum",
-        DELIVERY_LIMIT: settings.delivery_limit,
-        DEAD_LETTER_EXCHANGE: Keys(settings.namespace).dead_exchange,
-        DEAD_LETTER_ROUTING_KEY: dead_routing_key,
-    }
+    dead_letter = {DEAD_LETTER_EXCHANGE: Keys(settings.namespace).dead_exchange,
+                   DEAD_LETTER_ROUTING_KEY: dead_routing_key}
+    if settings.queue_type == "classic":
+        # Version 2 (RabbitMQ 3.10+): a message store that costs about half of a quorum queue's CPU per
+        # message (bench/broker_cost.py); no delivery limit, so the worker counts redeliveries.
+        return {QUEUE_TYPE: "classic", QUEUE_VERSION: 2, **dead_letter}
+    return {QUEUE_TYPE: "quorum", DELIVERY_LIMIT: settings.delivery_limit, **dead_letter}
 
 
 def worker_queue(settings: Settings, worker_id: str) -> QueueSpec:

@@ -7,14 +7,19 @@ Proves: the bad task messages are rejected at once and dead-lettered to tasks.de
 handler dead-letters each poison result on its own to results.dead (the unreadable one and the
 one that cannot be stored), without failing its batch, so the good results delivered with them
 are stored; GET /stats shows both dead-letter depths; and a good task submitted after them
-completes: nothing is blocked."""
+completes: nothing is blocked. And the delivery limit, on quorum and on classic work queues
+(QUEUE_TYPE): a task that kills its worker on every delivery runs 1 + DELIVERY_LIMIT times, then
+ends in tasks.dead (the broker's count, or the worker's) and the janitor fails it."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Callable
 
 import pika
+import pytest
 
 from taskcore import keys as names
 from taskcore.keys import Keys
@@ -81,3 +86,53 @@ def test_poison_messages_are_dead_lettered_and_block_nothing(faults_factory: Cal
     assert queues[keys.worker_queue(worker_id)] == 0, queues
     REPORT.append("poison: 4 bad task messages -> tasks.dead after 1 delivery each; 2 poison results "
                   "-> results.dead by the handler, no batch failed; good task after them: succeeded")
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+def test_a_task_that_kills_its_worker_on_every_delivery_is_dead_lettered_after_the_limit(
+        faults_factory: Callable[..., Faults], queue_type: str) -> None:
+    """The delivery limit, both ways: a quorum queue counts returns itself (x-delivery-limit), a
+    classic queue has no such count and the worker counts redeliveries in the task's record
+    (scripts.MARK_RUNNING). Each time a worker starts the poison task it is SIGKILLed (the fleet
+    restarts it, the broker delivers the message again); after 1 + DELIVERY_LIMIT starts the next
+    delivery must end in tasks.dead, where the janitor fails the task, and the worker takes the
+    next task as usual."""
+    limit = 2
+    faults = faults_factory(workers=1, concurrency=1,
+                            extra_env={"QUEUE_TYPE": queue_type, "DELIVERY_LIMIT": str(limit)})
+    stack = faults.stack
+    keys = Keys(stack.namespace)
+    # Long enough that it is always killed while running (the time limit is longer still).
+    poison = sleep_task(unique_seconds(20.0), new_id("poison"))
+    status, reply = stack.produce(poison)
+    assert status == 202, reply
+    killed: set[int] = set()
+
+    def kill_each_start() -> bool:
+        for event in stack.fleet_events("started"):
+            if event["task_id"] == poison["task_id"] and event["pid"] not in killed:
+                os.kill(event["pid"], signal.SIGKILL)
+                killed.add(event["pid"])
+        record = stack.result(poison["task_id"])[1]
+        return record.get("status") == "failed"
+
+    # The fleet restarts a worker that keeps dying after 0.5, 1, 2 s (+-20 %), then it reconnects.
+    eventually(kill_each_start, 60, lambda: f"the poison task failed (killed {len(killed)} workers)",
+               pause=0.1)
+    record = stack.result(poison["task_id"])[1]
+    assert record["error"].startswith("dead-lettered"), record
+    starts = [e for e in stack.fleet_events("started") if e["task_id"] == poison["task_id"]]
+    assert len(starts) == 1 + limit == len(killed), starts
+    # Who dead-lettered it: the broker (quorum), or the worker, which logged it (classic).
+    poisoned = [e for e in stack.fleet_events("poison") if e["task_id"] == poison["task_id"]]
+    assert len(poisoned) == (1 if queue_type == "classic" else 0), poisoned
+    assert "deliveries" not in record  # bookkeeping, not part of the record the API shows
+
+    good = sleep_task(unique_seconds(0.05), new_id("good"))
+    status, reply = stack.produce(good)
+    assert status == 202, reply
+    assert stack.wait_final(good["task_id"], timeout=30)["status"] == "succeeded"
+    queues = stack.stats()["queues"]
+    assert queues[keys.shared_queue] == 0 and queues[keys.tasks_dead_queue] == 0, queues
+    REPORT.append(f"poison ({queue_type}): killed on each of {len(starts)} starts, then dead-lettered "
+                  f"({'by the worker' if poisoned else 'by the broker'}) and failed by the janitor")

@@ -14,7 +14,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from taskcore.messages import Task, TaskResult, TaskSpec
 from taskcore.rabbitmq import QueueNotFound
 from taskcore.rabbitmq.amqp import AmqpBroker
-from tests.taskcore.conftest import Namespace
+from tests.taskcore.conftest import Namespace, make_settings
 
 
 def depth(channel: BlockingChannel, queue: str) -> int:
@@ -54,6 +54,28 @@ def test_topology(channel: BlockingChannel, ns: Namespace, broker: AmqpBroker) -
         channel.queue_declare(queue, durable=True, arguments=arguments)
     with pytest.raises(Exception, match="PRECONDITION_FAILED"):
         channel.queue_declare(k.retry_queue(1000), durable=True, arguments={**delay, "x-message-ttl": 999})
+
+
+def test_classic_work_queues_are_declared_as_version_2_without_a_delivery_limit(
+        channel: BlockingChannel, ns: Namespace) -> None:
+    """QUEUE_TYPE=classic: the work queues are classic v2 (RabbitMQ 3.10 takes x-queue-version),
+    durable, with the dead-letter exchange, and no x-delivery-limit (the worker counts instead)."""
+    broker = AmqpBroker(make_settings(ns.settings.namespace, queue_type="classic"))
+    ns.worker_ids.add("w1")
+    try:
+        broker.declare(["w1"])
+        k = ns.keys
+        classic = {"x-queue-type": "classic", "x-queue-version": 2, "x-dead-letter-exchange": k.dead_exchange,
+                   "x-dead-letter-routing-key": "tasks.dead"}
+        for queue in (k.shared_queue, k.worker_queue("w1")):
+            channel.queue_declare(queue, durable=True, arguments=classic)  # the same: accepted
+        channel.queue_declare(k.results_queue, durable=True,
+                              arguments={**classic, "x-dead-letter-routing-key": "results.dead"})
+        with pytest.raises(Exception, match="PRECONDITION_FAILED"):  # it is no quorum queue
+            channel.queue_declare(k.shared_queue, durable=True,
+                                  arguments={**classic, "x-queue-type": "quorum"})
+    finally:
+        broker.close()
 
 
 def test_publisher_confirms_a_batch(channel: BlockingChannel, ns: Namespace, broker: AmqpBroker) -> None:

@@ -15,12 +15,13 @@ def test_defaults_match_local_env() -> None:
     assert (s.heartbeat_seconds, s.worker_ttl) == (2.0, 10.0)
     assert s.dispatch_mode == "round_robin"
     assert s.task_time_limit is None
+    assert (s.queue_type, s.delivery_limit) == ("quorum", 5)
 
 
 def test_environment_overrides_and_types() -> None:
     s = Settings.from_env({"NAMESPACE": "x:", "TASK_UNIT_SECONDS": "0", "RESULT_TTL": "5",
                            "TASK_TIME_LIMIT": "2.5", "DISPATCH_MODE": "shared", "MAX_BATCH": " 7 ",
-                           "CACHE_TTL": ""})
+                           "CACHE_TTL": "", "QUEUE_TYPE": "classic"})
     assert s.namespace == "x:"
     assert s.task_unit_seconds == 0.0
     assert s.result_ttl == 5 and isinstance(s.result_ttl, int)
@@ -28,6 +29,7 @@ def test_environment_overrides_and_types() -> None:
     assert s.dispatch_mode == "shared"
     assert s.max_batch == 7
     assert s.cache_ttl == 3_600  # empty means default
+    assert s.queue_type == "classic"
 
 
 def test_time_limit_grows_with_complexity() -> None:
@@ -39,7 +41,8 @@ def test_time_limit_grows_with_complexity() -> None:
     assert s.running_ttl_ms(1) == (33 * 3 + 60) * 1000
 
 
-@pytest.mark.parametrize("env", [{"DISPATCH_MODE": "random"}, {"RESULT_TTL": "0"}, {"MAX_BATCH": "many"}])
+@pytest.mark.parametrize("env", [{"DISPATCH_MODE": "random"}, {"RESULT_TTL": "0"}, {"MAX_BATCH": "many"},
+                                 {"QUEUE_TYPE": "stream"}])
 def test_bad_values_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(SettingsError):
         Settings.from_env(env)

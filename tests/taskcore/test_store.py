@@ -212,6 +212,28 @@ def test_mark_running(store: TaskStore, ns: Namespace) -> None:
     assert stats["tasks"] == {"queued": 0, "running": 0, "succeeded": 1, "failed": 0}
 
 
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+def test_mark_running_counts_redeliveries_on_classic_queues(ns: Namespace, queue_type: str) -> None:
+    """Classic queues have no x-delivery-limit: the worker's MARK_RUNNING counts each redelivery of
+    a task and answers "poison" past DELIVERY_LIMIT, so that it runs at most 1 + limit times, as on
+    a quorum queue, where the broker counts and MARK_RUNNING never answers "poison"."""
+    store = TaskStore(make_settings(ns.settings.namespace, queue_type=queue_type, delivery_limit=2))
+    store.admit([task("a")], NOW)
+    verdicts = [store.mark_running("a", "w1", 1, NOW)]  # the first delivery is not counted
+    verdicts += [store.mark_running("a", "w1", 1, NOW, redelivered=True) for _ in range(3)]
+    if queue_type == "classic":
+        assert verdicts == ["running", "running", "running", "poison"]
+    else:
+        assert verdicts == ["running"] * 4
+    record = store.get("a")
+    assert record["status"] == "running" and "deliveries" not in record  # bookkeeping, not shown
+    assert "deliveries" not in store.get_many(["a"])["a"]
+    # A final task is acked whatever its count (nothing to dead-letter), a missing one dropped.
+    store.complete([result(task("a"))], NOW)
+    assert store.mark_running("a", "w1", 2, NOW, redelivered=True) is RunVerdict.FINAL
+    assert store.mark_running("nobody", "w1", 1, NOW, redelivered=True) is RunVerdict.MISSING
+
+
 # Undo --------------------------------------------------------------------------------------------
 
 def test_undo_leaves_no_inflight_key_or_record(store: TaskStore, ns: Namespace) -> None:
