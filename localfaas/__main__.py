@@ -60,6 +60,13 @@ def _override(item: str) -> tuple[str, str]:
     return key, value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _start(args: argparse.Namespace) -> int:
     from localfaas.host import HostConfig
 
@@ -79,6 +86,8 @@ def _start(args: argparse.Namespace) -> int:
         url_port_base=args.url_port_base,
         run_dir=Path(args.run_dir).resolve(),
         default_concurrency=args.concurrency,
+        max_environments=args.max_environments,
+        **({} if args.queue_seconds is None else {"queue_seconds": args.queue_seconds}),
         idle_seconds=args.idle_seconds,
         async_retry_seconds=args.async_retry_seconds,
         minute_seconds=args.minute_seconds,
@@ -242,7 +251,18 @@ def parser() -> argparse.ArgumentParser:
                        help="first function URL port (default: the ports after the control port)")
     start.add_argument("--run-dir", default=".localfaas", help="logs and state.json go here")
     start.add_argument("--concurrency", type=int, default=32,
-                       help="environments per function when ReservedConcurrentExecutions is unset")
+                       help="invocations in flight per function (running or waiting in line) when "
+                            "ReservedConcurrentExecutions is unset: Lambda's account limit")
+    start.add_argument("--max-environments", type=_positive_int,
+                       default=os.environ.get("LOCALFAAS_MAX_ENVIRONMENTS") or None,
+                       help="at most this many environments (processes) per function; invocations "
+                            "beyond wait in line for one (default: 4 per CPU, at least 4; "
+                            "env LOCALFAAS_MAX_ENVIRONMENTS)")
+    # The default is pool.DEFAULT_QUEUE_SECONDS (HostConfig's); the pool is not imported here, so
+    # that status, invoke and deploy do not load the host's modules.
+    start.add_argument("--queue-seconds", type=float, default=None,
+                       help="a synchronous invocation waits at most this long in line for an "
+                            "environment, then gets 429 TooManyRequestsException (default 10)")
     start.add_argument("--idle-seconds", type=float, default=300.0, help="reap environments idle this long")
     start.add_argument("--async-retry-seconds", type=float, default=60.0,
                        help="wait before retrying a failed async invocation (doubled for the second)")
