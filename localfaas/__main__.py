@@ -256,7 +256,7 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--max-environments", type=_positive_int,
                        default=os.environ.get("LOCALFAAS_MAX_ENVIRONMENTS") or None,
                        help="at most this many environments (processes) per function; invocations "
-                            "beyond wait in line for one (default: 4 per CPU, at least 4; "
+                            "beyond wait in line for one (default: 2 per CPU, at least 4; "
                             "env LOCALFAAS_MAX_ENVIRONMENTS)")
     # The default is pool.DEFAULT_QUEUE_SECONDS (HostConfig's); the pool is not imported here, so
     # that status, invoke and deploy do not load the host's modules.

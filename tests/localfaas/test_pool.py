@@ -161,12 +161,12 @@ def test_a_function_url_caller_that_waited_too_long_gets_429(capped) -> None:
 def test_the_cap_defaults_to_the_machine_and_a_lower_reserved_concurrency_wins(
         localfaas: Callable[..., RunningHost]) -> None:
     functions = localfaas(FIXTURES / "template.yaml").status()["functions"]
-    assert functions["Echo"]["max_environments"] == default_max_environments() == max(4, 4 * os.cpu_count())
+    assert functions["Echo"]["max_environments"] == default_max_environments() == max(4, 2 * os.cpu_count())
     assert functions["Capped"]["max_environments"] == 1  # ReservedConcurrentExecutions: 1
     from_env = localfaas(TEMPLATE, env={"LOCALFAAS_MAX_ENVIRONMENTS": "3"}).status()["functions"]
     assert from_env["Slow"]["max_environments"] == 3
     assert from_env["Reserved"]["max_environments"] == 3  # reserved 3, cap 3
 
 
-def test_the_default_is_four_per_cpu_and_at_least_four() -> None:
-    assert [default_max_environments(cpus) for cpus in (1, 2, 8)] == [4, 8, 32]
+def test_the_default_is_two_per_cpu_and_at_least_four() -> None:
+    assert [default_max_environments(cpus) for cpus in (1, 2, 8)] == [4, 4, 16]
