@@ -69,6 +69,7 @@ def _positive_int(text: str) -> int:
 
 def _start(args: argparse.Namespace) -> int:
     from localfaas.host import HostConfig
+    from localfaas.pool import Pacing
 
     try:
         overrides = parse_parameter_overrides(args.parameter_overrides)
@@ -87,6 +88,10 @@ def _start(args: argparse.Namespace) -> int:
         run_dir=Path(args.run_dir).resolve(),
         default_concurrency=args.concurrency,
         max_environments=args.max_environments,
+        pacing=Pacing(**{key: value for key, value in (
+            ("base", args.base_environments), ("in_flight", args.cold_starts),
+            ("after", None if args.scale_after_ms is None else args.scale_after_ms / 1000),
+        ) if value is not None}),
         **({} if args.queue_seconds is None else {"queue_seconds": args.queue_seconds}),
         idle_seconds=args.idle_seconds,
         async_retry_seconds=args.async_retry_seconds,
@@ -253,13 +258,25 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--concurrency", type=int, default=32,
                        help="invocations in flight per function (running or waiting in line) when "
                             "ReservedConcurrentExecutions is unset: Lambda's account limit")
+    # Their defaults are pool.Pacing's; the pool is not imported here, so that status, invoke and
+    # deploy do not load the host's modules.
     start.add_argument("--max-environments", type=_positive_int,
                        default=os.environ.get("LOCALFAAS_MAX_ENVIRONMENTS") or None,
-                       help="at most this many environments (processes) per function; invocations "
-                            "beyond wait in line for one (default: 2 per CPU, at least 4; "
+                       help="a hard cap on environments (processes) per function; invocations beyond "
+                            "wait in line however long (default: none, the concurrency limit; "
                             "env LOCALFAAS_MAX_ENVIRONMENTS)")
-    # The default is pool.DEFAULT_QUEUE_SECONDS (HostConfig's); the pool is not imported here, so
-    # that status, invoke and deploy do not load the host's modules.
+    start.add_argument("--base-environments", type=_positive_int,
+                       default=os.environ.get("LOCALFAAS_BASE_ENVIRONMENTS") or None,
+                       help="environments a function gets for its line without waiting, and keeps "
+                            "free of long-running invocations (default: 2 per CPU, at least 4)")
+    start.add_argument("--scale-after-ms", type=float,
+                       default=os.environ.get("LOCALFAAS_SCALE_AFTER_MS") or None,
+                       help="beyond the base, a new environment once the line's head has waited this "
+                            "long behind long-running invocations (default 100)")
+    start.add_argument("--cold-starts", type=_positive_int,
+                       default=os.environ.get("LOCALFAAS_COLD_STARTS") or None,
+                       help="at most this many cold starts at a time per function (default 2)")
+    # The default is pool.DEFAULT_QUEUE_SECONDS (HostConfig's).
     start.add_argument("--queue-seconds", type=float, default=None,
                        help="a synchronous invocation waits at most this long in line for an "
                             "environment, then gets 429 TooManyRequestsException (default 10)")

@@ -1,19 +1,26 @@
-"""The execution environments of one function: warm reuse, the concurrency limit, the machine's
-cap on environments with its short queue, throttling, idle reaping, and code deployments that let
+"""The execution environments of one function: warm reuse, the concurrency limit, paced cold
+starts with a short line before them, throttling, idle reaping, and code deployments that let
 invocations in flight finish on the old code.
 
-Two limits, counted differently:
+Lambda starts an environment for every concurrent invocation. Done literally on a small machine,
+a burst of 24 clients starts 24 processes per function at once: their inits (0.3 s of CPU each)
+compete for the same cores, and nothing is answered until they are done. So cold starts are paced
+(Pacing): an invocation that finds every environment busy waits in a first-come, first-served line
+for the next one to come free, and a new environment is started for the line's head only when
+- the function has fewer than `base` environments, or
+- the head has waited `after` seconds and fewer than `base` environments are free to churn: the
+  others are held by invocations that have run longer than `after` (a long-poll, a slow function),
+and never more than `in_flight` cold starts at a time per function. A burst of short calls is then
+served by a few warm environments; an invocation stuck behind held ones gets its own environment
+after `after` seconds plus a cold start, as Lambda would give it one (without the wait).
+
+The limits, counted differently:
 - The concurrency limit is Lambda's (ReservedConcurrentExecutions, else the host's --concurrency, which
-  stands in for the account's): invocations in flight, running or waiting for an environment. A
-  synchronous invocation beyond it gets 429 at once, exactly as on AWS.
-- The environment cap is the machine's (--max-environments, sized to the CPUs by default): at most
-  that many processes per function. Lambda would start another environment; a 2-core machine gains
-  nothing from 24 processes but memory, cold starts that compete for the same cores and wake-ups.
-  An invocation that finds every environment busy waits in a FIFO line for the next one to come
-  free; a synchronous one that has not started within --queue-seconds gets 429, as if throttled.
-  The line is bounded in length by the concurrency limit, which counts the waiting invocations.
-  When the limit is not above the cap (a reserved concurrency of 1, say) the line is empty and
-  behaviour is Lambda's to the letter: 429 at once.
+  stands in for the account's): invocations in flight, running or waiting in line. A synchronous
+  invocation beyond it gets 429 at once, exactly as on AWS. There are never more environments.
+- --max-environments, when an operator sets it, is a hard cap on processes per function (unset by
+  default): beyond it invocations wait in the line however long the others hold theirs.
+- A synchronous invocation that has not started within --queue-seconds gets 429, as if throttled.
 Asynchronous and event-source invocations wait in the same line without a time bound, as they
 waited for capacity before; they count toward the limit once they run, as Lambda's queued events do.
 """
@@ -33,20 +40,25 @@ from localfaas.logs import LogSink
 from localfaas.template import FunctionSpec
 
 DEFAULT_QUEUE_SECONDS = 10.0
-# The reason a synchronous caller is given when it waited too long for one of the machine's
-# environments: the machine plays the account, whose limit is ConcurrentInvocationLimitExceeded.
+# The reason a synchronous caller is given when it waited too long for an environment: the
+# machine plays the account, whose limit is ConcurrentInvocationLimitExceeded.
 QUEUE_TIMEOUT_REASON = "ConcurrentInvocationLimitExceeded"
 
 
-def default_max_environments(cpus: int | None = None) -> int:
-    """Environments per function when --max-environments is not given: 2 per CPU, at least 4.
-    A warm invocation of the task system's functions uses a few ms of CPU and then waits on Redis,
-    RabbitMQ or the next function, so a few environments per core keep the cores busy; more only
-    add processes, and at a cold start every one of them is an init of 0.25-0.35 s of CPU competing
-    for the same cores (measured on 2 cores, 24 clients: the first 100 tasks were accepted in about
-    2 s with 4 environments per function, 5 s with 8, 7 s with 24). The floor leaves room for
-    invocations that hold an environment while they wait (a long-poll for a result)."""
+def default_base_environments(cpus: int | None = None) -> int:
+    """Environments started for the line without waiting: 2 per CPU, at least 4. A warm
+    invocation of the task system's functions uses a few ms of CPU and then waits on Redis,
+    RabbitMQ or the next function, so a few environments per core keep the cores busy."""
     return max(4, 2 * (cpus or os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """When the line gets a new environment (see the module's docstring)."""
+
+    base: int = field(default_factory=default_base_environments)
+    after: float = 0.1  # seconds
+    in_flight: int = 2  # cold starts at a time, per function
 
 
 @dataclass(eq=False)
@@ -55,6 +67,7 @@ class _Waiter:
     waiter gave up (a synchronous caller after --queue-seconds)."""
 
     synchronous: bool
+    since: float = field(default_factory=time.monotonic)
     handed: asyncio.Future[Environment | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -62,7 +75,7 @@ class _Waiter:
 class FunctionPool:
     def __init__(self, spec: FunctionSpec, settings: Mapping[str, str], logs: LogSink,
                  default_concurrency: int, max_environments: int | None = None,
-                 queue_seconds: float = DEFAULT_QUEUE_SECONDS) -> None:
+                 queue_seconds: float = DEFAULT_QUEUE_SECONDS, pacing: Pacing | None = None) -> None:
         self.spec = spec
         self.generation = 1
         self.code_sha256 = spec.code_sha256()
@@ -71,17 +84,24 @@ class FunctionPool:
         self._variables = lambda_environment(spec, settings)
         self._logs = logs
         self._default_concurrency = default_concurrency
-        self._max_environments = max_environments or default_max_environments()
+        self._hard_cap = max_environments
         self._queue_seconds = queue_seconds
+        self.pacing = pacing or Pacing()
         self._environments: set[Environment] = set()
         self._idle: list[Environment] = []  # a stack: the most recently used is reused first
         self._line: deque[_Waiter] = deque()  # invocations waiting for an environment, oldest first
+        # When each busy environment was handed its invocation, and whether that was its first
+        # (then its init came first, and the invocation began only when the init was over).
+        self._busy_since: dict[Environment, tuple[float, bool]] = {}
+        self._recheck: asyncio.TimerHandle | None = None
         self._running = 0  # invocations that hold an environment
         self._waiting_sync = 0  # synchronous invocations in the line: they count toward the limit
         self.invocations = 0
         self.throttles = 0
         self.queued = 0  # invocations that had to wait in line, since the start
         self.queue_timeouts = 0
+        self.cold_starts = 0
+        self.most_in_flight = 0  # the most cold starts at a time seen, since the start
 
     @property
     def max_concurrency(self) -> int:
@@ -90,9 +110,10 @@ class FunctionPool:
 
     @property
     def max_environments(self) -> int:
-        """The processes this function may have: the machine's cap, or its concurrency limit when
-        that is lower (a reserved concurrency is the function's own cap and wins)."""
-        return min(self._max_environments, self.max_concurrency)
+        """The processes this function may have: its concurrency limit, or the operator's hard
+        cap (--max-environments) when that is lower."""
+        limit = self.max_concurrency
+        return limit if self._hard_cap is None else min(self._hard_cap, limit)
 
     @property
     def throttle_reason(self) -> str:
@@ -103,17 +124,19 @@ class FunctionPool:
     def counts(self) -> dict[str, int]:
         busy = sum(1 for e in self._environments if e.state is State.BUSY)
         return {"environments": len(self._environments), "warm": len(self._idle), "busy": busy,
-                "waiting": len(self._line), "generation": self.generation,
-                "invocations": self.invocations, "throttles": self.throttles, "queued": self.queued,
-                "queue_timeouts": self.queue_timeouts, "max_concurrency": self.max_concurrency,
-                "max_environments": self.max_environments}
+                "waiting": len(self._line), "starting": self._in_flight(),
+                "generation": self.generation, "invocations": self.invocations,
+                "throttles": self.throttles, "queued": self.queued,
+                "queue_timeouts": self.queue_timeouts, "cold_starts": self.cold_starts,
+                "most_starting": self.most_in_flight, "max_concurrency": self.max_concurrency,
+                "max_environments": self.max_environments, "base_environments": self.pacing.base}
 
     async def invoke(self, invocation: Invocation, *, wait_for_capacity: bool = False) -> InvocationOutcome:
         """Run one invocation. A synchronous caller (wait_for_capacity False) is throttled
         (Throttled) at the concurrency limit, and when it waited --queue-seconds in line for an
         environment; asynchronous and event-source invocations wait as long as it takes."""
         # The line is first come, first served: nobody takes an environment past those waiting.
-        environment = None if self._line else self._take()
+        environment = None if self._line else self._take_warm()
         if environment is None:
             if not wait_for_capacity and self._running + self._waiting_sync >= self.max_concurrency:
                 self.throttles += 1
@@ -131,11 +154,14 @@ class FunctionPool:
     async def _wait_in_line(self, synchronous: bool) -> Environment:
         waiter = _Waiter(synchronous)
         self._line.append(waiter)
-        self.queued += 1
-        timer = None
         if synchronous:
             self._waiting_sync += 1
-            timer = asyncio.get_running_loop().call_later(self._queue_seconds, self._give_up, waiter)
+        self._hand_over()  # a new environment, if the pacing allows one now
+        timer = None
+        if not waiter.handed.done():
+            self.queued += 1
+            if synchronous:
+                timer = asyncio.get_running_loop().call_later(self._queue_seconds, self._give_up, waiter)
         try:
             environment = await asyncio.shield(waiter.handed)
         except asyncio.CancelledError:  # the caller went away while in line
@@ -163,29 +189,60 @@ class FunctionPool:
             if waiter.synchronous:
                 self._waiting_sync -= 1
 
-    def _take(self) -> Environment | None:
-        """A warm environment (the most recently used), else a new one if the cap allows; it
-        counts as running from here on."""
-        environment = None
-        while self._idle and environment is None:
-            candidate = self._idle.pop()
+    def _take_warm(self) -> Environment | None:
+        """The most recently used idle environment; it counts as running from here on."""
+        while self._idle:
+            environment = self._idle.pop()
             # Taken off the idle stack, it is the caller's: its invoke() makes it BUSY.
-            if candidate.state is State.IDLE and candidate.generation == self.generation:
-                environment = candidate
-        if environment is None and len(self._environments) < self.max_environments:
-            environment = Environment(self.spec, self.generation, self._variables, self._logs, self._forget)
-            self._environments.add(environment)
-        if environment is not None:
-            self._running += 1
+            if environment.state is State.IDLE and environment.generation == self.generation:
+                self._running += 1
+                self._busy_since[environment] = (time.monotonic(), False)
+                return environment
+        return None
+
+    def _in_flight(self) -> int:
+        """Cold starts under way: environments whose init is not over."""
+        return sum(1 for e in self._environments if not e.initialized and e.state is not State.DEAD)
+
+    def _cold_start(self, now: float) -> Environment | None:
+        """A new environment for the line's head, if the pacing allows one now."""
+        environments = len(self._environments)
+        in_flight = self._in_flight()
+        if environments >= self.max_environments or in_flight >= self.pacing.in_flight:
+            return None
+        if environments >= self.pacing.base:
+            if now - self._line[0].since < self.pacing.after:
+                return None
+            if environments - self._held(now) >= self.pacing.base:
+                return None  # enough environments churn: the line moves without another
+        environment = Environment(self.spec, self.generation, self._variables, self._logs, self._forget)
+        self._environments.add(environment)
+        self._running += 1
+        self._busy_since[environment] = (now, True)
+        self.cold_starts += 1
+        self.most_in_flight = max(self.most_in_flight, in_flight + 1)
         return environment
+
+    def _held(self, now: float) -> int:
+        """Environments whose invocation has run longer than `after` (after any init)."""
+        held = 0
+        for environment, (since, cold) in self._busy_since.items():
+            if cold:
+                if not environment.initialized:
+                    continue  # a cold start: it will be free to churn soon
+                since += (environment.init_ms or 0.0) / 1000
+            if now - since >= self.pacing.after:
+                held += 1
+        return held
 
     def _release(self, environment: Environment) -> None:
         self._running -= 1
+        self._busy_since.pop(environment, None)
         if environment.state is State.DEAD:
             self._forget(environment)
         elif environment.state is State.INIT or environment.generation != self.generation:
             # Still INIT after an invocation: its process could not be started. Either way it
-            # must not hold a place under the cap.
+            # must not hold a place among the environments.
             environment.stop()
             self._forget(environment)
         else:
@@ -195,6 +252,7 @@ class FunctionPool:
     def _put_back(self, environment: Environment) -> None:
         """An environment handed to a waiter that had gone: unused, so it is idle (or new) still."""
         self._running -= 1
+        self._busy_since.pop(environment, None)
         if environment.state is State.INIT and environment.pid is None:
             self._environments.discard(environment)  # never started: nothing to stop
         elif environment.state is State.IDLE:
@@ -203,22 +261,33 @@ class FunctionPool:
 
     def _forget(self, environment: Environment) -> None:
         self._environments.discard(environment)
+        self._busy_since.pop(environment, None)
         if environment in self._idle:
             self._idle.remove(environment)
         self._hand_over()
 
     def _hand_over(self) -> None:
-        """Give free environments (or room for new ones) to the oldest waiters."""
+        """Give free environments, or new ones as the pacing allows, to the oldest waiters."""
+        now = time.monotonic()
         while self._line:
             waiter = self._line[0]
             if waiter.handed.done():  # gave up already
                 self._leave_line(waiter)
                 continue
-            environment = self._take()
+            environment = self._take_warm() or self._cold_start(now)
             if environment is None:
-                return
+                break
             self._leave_line(waiter)
             waiter.handed.set_result(environment)
+        # While someone waits, look again soon: the head's wait, an invocation's run and a cold
+        # start all cross their marks with no event of their own here.
+        if self._line and self._recheck is None:
+            self._recheck = asyncio.get_running_loop().call_later(
+                max(0.01, self.pacing.after / 4), self._look_again)
+
+    def _look_again(self) -> None:
+        self._recheck = None
+        self._hand_over()
 
     async def deploy(self, spec: FunctionSpec) -> bool:
         """Switch to new code if it changed: new invocations get new environments, those in
@@ -244,6 +313,8 @@ class FunctionPool:
             environment.stop()
 
     async def stop(self) -> None:
+        if self._recheck is not None:
+            self._recheck.cancel()
         environments = list(self._environments)
         for environment in environments:
             environment.stop()
