@@ -272,7 +272,7 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--scale-after-ms", type=float,
                        default=os.environ.get("LOCALFAAS_SCALE_AFTER_MS") or None,
                        help="beyond the base, a new environment once the line's head has waited this "
-                            "long behind long-running invocations (default 100)")
+                            "long behind long-running invocations (default 500)")
     start.add_argument("--cold-starts", type=_positive_int,
                        default=os.environ.get("LOCALFAAS_COLD_STARTS") or None,
                        help="at most this many cold starts at a time per function (default 2)")
