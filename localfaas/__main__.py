@@ -60,9 +60,17 @@ def _override(item: str) -> tuple[str, str]:
     return key, value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _start(args: argparse.Namespace) -> int:
     from localfaas.environment import RuntimeClient
     from localfaas.host import HostConfig
+    from localfaas.pool import Pacing
 
     try:
         overrides = parse_parameter_overrides(args.parameter_overrides)
@@ -86,6 +94,12 @@ def _start(args: argparse.Namespace) -> int:
         url_port_base=args.url_port_base,
         run_dir=Path(args.run_dir).resolve(),
         default_concurrency=args.concurrency,
+        max_environments=args.max_environments,
+        pacing=Pacing(**{key: value for key, value in (
+            ("base", args.base_environments), ("in_flight", args.cold_starts),
+            ("after", None if args.scale_after_ms is None else args.scale_after_ms / 1000),
+        ) if value is not None}),
+        **({} if args.queue_seconds is None else {"queue_seconds": args.queue_seconds}),
         idle_seconds=args.idle_seconds,
         async_retry_seconds=args.async_retry_seconds,
         minute_seconds=args.minute_seconds,
@@ -250,7 +264,30 @@ def parser() -> argparse.ArgumentParser:
                        help="first function URL port (default: the ports after the control port)")
     start.add_argument("--run-dir", default=".localfaas", help="logs and state.json go here")
     start.add_argument("--concurrency", type=int, default=32,
-                       help="environments per function when ReservedConcurrentExecutions is unset")
+                       help="invocations in flight per function (running or waiting in line) when "
+                            "ReservedConcurrentExecutions is unset: Lambda's account limit")
+    # Their defaults are pool.Pacing's; the pool is not imported here, so that status, invoke and
+    # deploy do not load the host's modules.
+    start.add_argument("--max-environments", type=_positive_int,
+                       default=os.environ.get("LOCALFAAS_MAX_ENVIRONMENTS") or None,
+                       help="a hard cap on environments (processes) per function; invocations beyond "
+                            "wait in line however long (default: none, the concurrency limit; "
+                            "env LOCALFAAS_MAX_ENVIRONMENTS)")
+    start.add_argument("--base-environments", type=_positive_int,
+                       default=os.environ.get("LOCALFAAS_BASE_ENVIRONMENTS") or None,
+                       help="environments a function gets for its line without waiting, and keeps "
+                            "free of long-running invocations (default: 2 per CPU, at least 4)")
+    start.add_argument("--scale-after-ms", type=float,
+                       default=os.environ.get("LOCALFAAS_SCALE_AFTER_MS") or None,
+                       help="beyond the base, a new environment once the line's head has waited this "
+                            "long behind long-running invocations (default 500)")
+    start.add_argument("--cold-starts", type=_positive_int,
+                       default=os.environ.get("LOCALFAAS_COLD_STARTS") or None,
+                       help="at most this many cold starts at a time per function (default 2)")
+    # The default is pool.DEFAULT_QUEUE_SECONDS (HostConfig's).
+    start.add_argument("--queue-seconds", type=float, default=None,
+                       help="a synchronous invocation waits at most this long in line for an "
+                            "environment, then gets 429 TooManyRequestsException (default 10)")
     start.add_argument("--idle-seconds", type=float, default=300.0, help="reap environments idle this long")
     start.add_argument("--async-retry-seconds", type=float, default=60.0,
                        help="wait before retrying a failed async invocation (doubled for the second)")

@@ -24,7 +24,7 @@ from localfaas.http11 import HttpServer
 from localfaas.httpserver import bare_server
 from localfaas.invocation import Invocation, InvocationOutcome, new_request_id
 from localfaas.logs import ConsoleMode, LogSink
-from localfaas.pool import FunctionPool
+from localfaas.pool import DEFAULT_QUEUE_SECONDS, FunctionPool, Pacing
 from localfaas.settings import host_settings, parameter_key
 from localfaas.template import FunctionSpec, Template, load_template
 from localfaas.urls import TOO_LARGE, FunctionUrl
@@ -40,6 +40,9 @@ class HostConfig:
     url_port_base: int | None = None  # None: the ports after the control port (ephemeral if 0)
     run_dir: Path = Path(".localfaas")
     default_concurrency: int = 32
+    max_environments: int | None = None  # a hard cap per function; None: the concurrency limit
+    pacing: Pacing = field(default_factory=Pacing)  # when the line gets a new environment
+    queue_seconds: float = DEFAULT_QUEUE_SECONDS  # a synchronous invocation's wait for an environment
     idle_seconds: float = 300.0
     async_retry_seconds: float = 60.0  # Lambda waits ~1 min, then ~2 min, between async retries
     minute_seconds: float = 60.0  # shorten schedule rates for development
@@ -74,7 +77,8 @@ class Host:
         self.logs.align(self.template.functions)
         self.region = next(iter(self.template.functions.values())).region \
             if self.template.functions else "us-east-1"
-        self._pools = {name: FunctionPool(spec, self.settings, self.logs, config.default_concurrency)
+        self._pools = {name: FunctionPool(spec, self.settings, self.logs, config.default_concurrency,
+                                          config.max_environments, config.queue_seconds, config.pacing)
                        for name, spec in self.template.functions.items()}
         self._runners: list[web.BaseRunner] = []
         self._url_servers: list[HttpServer] = []
