@@ -43,10 +43,11 @@ def rabbitmq_user(url: str) -> None:
     def ctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=check)
 
-    if ctl("add_user", user, password, check=False).returncode != 0:
-        ctl("change_password", user, password)
-    ctl("add_vhost", vhost, check=False)
-    ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    # "--" ends rabbitmqctl's options: a password (or name) may begin with "-".
+    if ctl("add_user", "--", user, password, check=False).returncode != 0:
+        ctl("change_password", "--", user, password)
+    ctl("add_vhost", "--", vhost, check=False)
+    ctl("set_permissions", "-p", vhost, "--", user, ".*", ".*", ".*")
     print(f"provision: RabbitMQ user {user} with permissions on vhost {vhost}")
 
 
