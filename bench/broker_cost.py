@@ -24,9 +24,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
-import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,26 +43,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from taskcore.keys import Keys  # noqa: E402
+from taskfaas.ports import free_port  # noqa: E402
 from taskfaas.stack import Stack, http, start_stack, stop_stack  # noqa: E402
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 HZ = os.sysconf("SC_CLK_TCK")
 KINDS = ("rabbitmq", "redis", "workers", "host", "functions")
-
-
-def free_port() -> int:
-    """Outside the ephemeral range, so that no client's outgoing connection takes it meanwhile."""
-    low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    candidates = [port for port in range(20000, 32000) if not low <= port <= high]
-    for _ in range(200):
-        port = random.choice(candidates)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 def kill_group(process: subprocess.Popen[bytes]) -> None:

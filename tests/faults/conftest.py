@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -38,38 +36,13 @@ import pika.exceptions
 import pytest
 import redis
 
+from taskfaas.ports import free_port
 from taskfaas.stack import Stack, start_stack, stop_stack
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")  # the scripts themselves, not /usr/sbin's su wrappers
 BOOT_TIMEOUT = 60.0
 # What the tests measured, printed at the end of the run (boot times, tasks in flight and lost).
 REPORT: list[str] = []
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def free_port() -> int:
-    """A free port outside the kernel's ephemeral range. A port picked by bind(0) is an ephemeral
-    one, which any client's outgoing connection may take as its source port while the node is down,
-    and the node could not bind it again on restart (seen: "could not bind to distribution port")."""
-    low, high = _ephemeral_range()
-    candidates = [port for port in range(20000, 32000) if not low <= port <= high] or \
-        list(range(high + 1, 65535))
-    for _ in range(200):
-        port = random.choice(candidates)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 def _kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
