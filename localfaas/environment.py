@@ -241,7 +241,7 @@ class Environment:
             self._report_init = not self.provisioned
             if self._init_over is not None:
                 self._init_over.set()
-            self._logs.environment_started(self.spec.name, self.init_ms)
+            self._logs.environment_started(self.spec.name, self.init_ms, self.provisioned)
             if self.state is State.INIT:
                 self.transition(State.IDLE)
         if self._queued is not None:
