@@ -58,6 +58,12 @@ def comparison(args: argparse.Namespace, only: set[str]) -> list[dict[str, Any]]
                 print(f"  cold stack: {row['tasks']} tasks accepted after {row['all_accepted_s']} s, "
                       f"results after {row['all_results_s']} s; environments {row['environments_alive']}",
                       flush=True)
+                # The same without make run's provisioned concurrency: every environment on demand.
+                with systems.ours(provisioned="0") as on_demand:
+                    row = systems.cold_start(on_demand, args.cold_tasks, args.clients)
+                rows.append({**row, "mode": "cold stack, on demand"})
+                print(f"  cold stack, on demand: {row['tasks']} tasks accepted after "
+                      f"{row['all_accepted_s']} s", flush=True)
             if "ours" in only:
                 runners.append(ours)
         for name in PEERS:
@@ -130,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: urlcpu", flush=True)
         rows.append(url_cpu(args.url_requests))
     other = extras.run(only, args.memory_tasks)
-    runs = [row for row in rows if row["mode"] not in ("cold stack", "warm URL invocation")]
+    runs = [row for row in rows
+            if row["mode"] not in ("cold stack", "cold stack, on demand", "warm URL invocation")]
     print()
     print(f"Benchmark on {os.cpu_count()} cores ({'quick' if args.quick else 'full'}): {args.single:,} tasks "
           f"one per request, {args.batched:,} in batches of 100, {args.clients} client threads, "
@@ -141,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         print(verdict.table(runs))
         print("\n".join(verdict.details(runs)))
     for row in rows:
-        if row["mode"] == "cold stack":
-            print(f"cold stack: {row['accepted']} of {row['tasks']} tasks accepted after "
+        if row["mode"].startswith("cold stack"):
+            print(f"{row['mode']}: {row['accepted']} of {row['tasks']} tasks accepted after "
                   f"{row['all_accepted_s']} s "
                   f"({row['accepted_in_first_second']} in the first second), results after "
                   f"{row['all_results_s']} s; warm from the stack's start: environments "

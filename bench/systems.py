@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dotenv import dotenv_values
+
 from bench import clients, cpu
-from taskfaas.stack import start_stack, stop_stack
+from taskfaas.stack import ROOT, start_stack, stop_stack
 from worker_fleet.fleet import DEFAULT_CONCURRENCY, DEFAULT_WORKERS
 
 # One concurrency slot per core for each peer, as each one's documentation recommends on 2 cores
@@ -63,9 +65,14 @@ def light_tasks(count: int) -> list[dict[str, Any]]:
 
 
 @contextmanager
-def ours() -> Iterator[System]:
+def ours(provisioned: str | None = None) -> Iterator[System]:
+    """`provisioned`: the producer's and supervisor's provisioned concurrency, make run's
+    (infra/local.env) unless given ("0": every environment on demand)."""
+    if provisioned is None:
+        provisioned = dotenv_values(ROOT / "infra" / "local.env").get("PROVISIONED_CONCURRENCY") or "0"
     # localfaas reads --parameter-overrides as shell-like words: a value with a space is quoted.
-    env = {"TASK_UNIT_SECONDS": "0", "TaskUnitSeconds": "0", "JanitorSchedule": "'rate(60 minutes)'"}
+    env = {"TASK_UNIT_SECONDS": "0", "TaskUnitSeconds": "0", "JanitorSchedule": "'rate(60 minutes)'",
+           "ProvisionedConcurrency": provisioned}
     stack = start_stack(Path(tempfile.mkdtemp(prefix="bench-")), workers=DEFAULT_WORKERS,
                         concurrency=DEFAULT_CONCURRENCY, extra_env=env, namespace_prefix="bench")
     try:
@@ -77,6 +84,7 @@ def ours() -> Iterator[System]:
         yield System("ours", clients.Target(stack.producer, stack.supervisor, stack.signer),
                      {"localfaas host": [stack.host.process.pid], "workers": [stack.fleet.pid]},
                      f"make run's defaults: {DEFAULT_WORKERS} workers x {DEFAULT_CONCURRENCY}, "
+                     f"provisioned concurrency {provisioned}, "
                      "PREFETCH_MULTIPLIER default, template.yaml as is (python3.12, awslambdaric)",
                      invocations, {"namespace": stack.namespace})
     finally:

@@ -119,6 +119,10 @@ class Environment:
         self._state = State.INIT
         self.last_used = time.monotonic()
         self.init_ms: float | None = None
+        # Set by the pool before start(): initialized ahead of any invocation (provisioned
+        # concurrency), so no invocation waits for its init and no REPORT line shows it.
+        self.provisioned = False
+        self._init_over: asyncio.Event | None = None
         self._variables = variables
         self._endpoint: RuntimeEndpoint | None = None  # its own Runtime API, opened by start()
         self._logs = logs
@@ -161,6 +165,9 @@ class Environment:
             "AWS_LAMBDA_RUNTIME_API": endpoint.address,
             "AWS_LAMBDA_LOG_STREAM_NAME": stream,
         }
+        if self.provisioned:
+            env["AWS_LAMBDA_INITIALIZATION_TYPE"] = "provisioned-concurrency"
+        self._init_over = asyncio.Event()
         module = _CLIENT_MODULES[RuntimeClient(env.pop(RUNTIME_CLIENT_SETTING, DEFAULT_RUNTIME_CLIENT))]
         self._spawned_at = time.monotonic()
         self._process = await asyncio.create_subprocess_exec(
@@ -221,11 +228,20 @@ class Environment:
     def initialized(self) -> bool:
         return self.init_ms is not None
 
+    async def wait_initialized(self) -> bool:
+        """Until the init phase is over (start() first); whether the environment came out of it
+        ready for invocations."""
+        assert self._init_over is not None, "start() first"
+        await self._init_over.wait()
+        return self.initialized and self.state is State.IDLE
+
     async def next_invocation(self) -> Invocation:
         if self.init_ms is None:
             self.init_ms = (time.monotonic() - self._spawned_at) * 1000
-            self._report_init = True
-            self._logs.environment_started(self.spec.name, self.init_ms)
+            self._report_init = not self.provisioned
+            if self._init_over is not None:
+                self._init_over.set()
+            self._logs.environment_started(self.spec.name, self.init_ms, self.provisioned)
             if self.state is State.INIT:
                 self.transition(State.IDLE)
         if self._queued is not None:
@@ -318,6 +334,8 @@ class Environment:
             invocation.fail(document)
         if self._next_waiter is not None and not self._next_waiter.done():
             self._next_waiter.cancel()
+        if self._init_over is not None:
+            self._init_over.set()
         if self._endpoint is not None:
             self._endpoint.close()
         self._on_exit(self)

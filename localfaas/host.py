@@ -140,8 +140,19 @@ class Host:
                                           self.config.minute_seconds)
                     self._spawn(scheduler.run())
         self._spawn(self._housekeeping())
+        await self._provision()
         self._write_state()
         self._announce()
+
+    async def _provision(self) -> None:
+        """Provisioned concurrency is ready before the host says it is up, as a deployment with it
+        completes only once its environments are initialized."""
+        pools = [pool for pool in self._pools.values() if pool.spec.provisioned_concurrency]
+        started = time.monotonic()
+        ready_counts = await asyncio.gather(*(pool.provision() for pool in pools))
+        for pool, ready in zip(pools, ready_counts, strict=True):
+            self.logs.host(f"function {pool.spec.name}: {ready} of {pool.spec.provisioned_concurrency} "
+                           f"provisioned environments ready after {time.monotonic() - started:.1f} s")
 
     def _url_secrets(self) -> dict[str, str]:
         """The credentials AWS_IAM function URLs accept: the env file's local key pair."""

@@ -85,11 +85,13 @@ class LogSink:
         self.console.write(f"localfaas: {text}\n")
         self.console.flush()
 
-    def environment_started(self, function: str, init_ms: float) -> None:
-        """An environment finished its init phase (a cold start) and takes its first invocation."""
+    def environment_started(self, function: str, init_ms: float, provisioned: bool = False) -> None:
+        """An environment finished its init phase: a cold start, which takes its first invocation,
+        or a provisioned environment, which waits for one."""
         self._windows.setdefault(function, _Window()).cold_starts += 1
         if not self.full:
-            self._console_line(function, f"cold start: new environment, init {init_ms:.0f} ms")
+            what = "provisioned environment ready" if provisioned else "cold start: new environment"
+            self._console_line(function, f"{what}, init {init_ms:.0f} ms")
 
     def finished(self, function: str, request_id: str, duration_ms: float,
                  error: tuple[str, str] | None, init_failed: bool = False) -> None:

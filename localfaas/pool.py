@@ -34,12 +34,15 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from localfaas.environment import Environment, State, lambda_environment
+from localfaas.environment import INIT_TIME_LIMIT, Environment, State, lambda_environment
 from localfaas.invocation import Invocation, InvocationOutcome, Throttled
 from localfaas.logs import LogSink
 from localfaas.template import FunctionSpec
 
 DEFAULT_QUEUE_SECONDS = 10.0
+# A provisioned environment's init may run this long, or the function's timeout if longer (Lambda's
+# limit for provisioned concurrency, where the 10 s of an on-demand init do not apply).
+PROVISIONED_INIT_SECONDS = 130.0
 # The reason a synchronous caller is given when it waited too long for an environment: the
 # machine plays the account, whose limit is ConcurrentInvocationLimitExceeded.
 QUEUE_TIMEOUT_REASON = "ConcurrentInvocationLimitExceeded"
@@ -98,6 +101,8 @@ class FunctionPool:
         # (then its init came first, and the invocation began only when the init was over).
         self._busy_since: dict[Environment, tuple[float, bool]] = {}
         self._recheck: asyncio.TimerHandle | None = None
+        self._provisioning: set[asyncio.Task[int]] = set()  # replacements under way
+        self._stopping = False
         self._running = 0  # invocations that hold an environment
         self._waiting_sync = 0  # synchronous invocations in the line: they count toward the limit
         self.invocations = 0
@@ -133,7 +138,9 @@ class FunctionPool:
                 "throttles": self.throttles, "queued": self.queued,
                 "queue_timeouts": self.queue_timeouts, "cold_starts": self.cold_starts,
                 "most_starting": self.most_in_flight, "max_concurrency": self.max_concurrency,
-                "max_environments": self.max_environments, "base_environments": self.pacing.base}
+                "max_environments": self.max_environments, "base_environments": self.pacing.base,
+                "provisioned": sum(1 for e in self._environments if e.provisioned and e.initialized
+                                   and e.state is not State.DEAD)}
 
     async def invoke(self, invocation: Invocation, *, wait_for_capacity: bool = False) -> InvocationOutcome:
         """Run one invocation. A synchronous caller (wait_for_capacity False) is throttled
@@ -268,7 +275,48 @@ class FunctionPool:
         self._busy_since.pop(environment, None)
         if environment in self._idle:
             self._idle.remove(environment)
+        if environment.provisioned and environment.initialized and environment.generation == self.generation:
+            # Lambda keeps the provisioned count: one lost after its init is replaced (one whose
+            # init failed is not, or a broken init would be retried in a loop).
+            self._replace_provisioned()
         self._hand_over()
+
+    # Provisioned concurrency ----------------------------------------------------------------------
+
+    async def provision(self) -> int:
+        """Lambda's provisioned concurrency: initializes environments, all at once, until the
+        function has its ProvisionedConcurrentExecutions of them, before any invocation needs
+        them; they are never reaped for idleness. Returns how many are ready."""
+        alive = sum(1 for e in self._environments
+                    if e.provisioned and e.generation == self.generation and e.state is not State.DEAD)
+        wanted = max(0, self.spec.provisioned_concurrency - alive)
+        return sum(await asyncio.gather(*(self._provision_one() for _ in range(wanted))))
+
+    async def _provision_one(self) -> int:
+        environment = Environment(self.spec, self.generation, self._variables, self._logs, self._forget)
+        environment.provisioned = True
+        self._environments.add(environment)
+        self.cold_starts += 1
+        await environment.start()
+        limit = max(PROVISIONED_INIT_SECONDS, INIT_TIME_LIMIT, self.spec.timeout)
+        try:
+            ready = await asyncio.wait_for(environment.wait_initialized(), limit)
+        except TimeoutError:
+            ready = False
+        if not ready or environment.generation != self.generation or self._stopping:
+            environment.stop()
+            return 0
+        environment.last_used = time.monotonic()
+        self._idle.append(environment)
+        self._hand_over()
+        return 1
+
+    def _replace_provisioned(self) -> None:
+        if self._stopping:
+            return
+        task = asyncio.get_running_loop().create_task(self.provision())
+        self._provisioning.add(task)
+        task.add_done_callback(self._provisioning.discard)
 
     def _hand_over(self) -> None:
         """Give free environments, or new ones as the pacing allows, to the oldest waiters."""
@@ -307,16 +355,21 @@ class FunctionPool:
             self._environments.discard(environment)
             environment.stop()
         self._hand_over()
+        if spec.provisioned_concurrency:
+            self._replace_provisioned()  # the new code's provisioned environments
         return True
 
     async def reap_idle(self, idle_seconds: float) -> None:
         cutoff = time.monotonic() - idle_seconds
-        for environment in [e for e in self._idle if e.last_used < cutoff]:
+        for environment in [e for e in self._idle if e.last_used < cutoff and not e.provisioned]:
             self._idle.remove(environment)
             self._environments.discard(environment)
             environment.stop()
 
     async def stop(self) -> None:
+        self._stopping = True
+        for task in list(self._provisioning):
+            task.cancel()
         if self._recheck is not None:
             self._recheck.cancel()
         environments = list(self._environments)

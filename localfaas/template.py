@@ -26,6 +26,7 @@ DEFAULT_MEMORY_MB = 128
 _SUPPORTED_FUNCTION_PROPERTIES = {
     "CodeUri", "Handler", "Runtime", "Timeout", "MemorySize", "Environment", "Layers",
     "ReservedConcurrentExecutions", "FunctionUrlConfig", "Events", "FunctionName", "Description",
+    "ProvisionedConcurrencyConfig",
 }
 # Properties that only matter to AWS's control plane (IAM, tagging, networking, tracing): they
 # are accepted, and named in the start-up report as having no local effect.
@@ -100,6 +101,7 @@ class FunctionSpec:
     environment: Mapping[str, str]
     layer_dirs: tuple[Path, ...] = ()
     reserved_concurrency: int | None = None
+    provisioned_concurrency: int = 0  # environments initialized before any invocation, kept warm
     url: UrlConfig | None = None
     mq_events: tuple[MqEvent, ...] = ()
     schedule_events: tuple[ScheduleEvent, ...] = ()
@@ -289,6 +291,7 @@ class _TemplateReader:
             environment={k: _env_string(v) for k, v in variables.items()},
             layer_dirs=tuple(self._layer_dir(where, arn) for arn in properties.get("Layers") or []),
             reserved_concurrency=None if reserved is None else int(reserved),
+            provisioned_concurrency=self._provisioned(where, properties),
             url=self._url_config(where, properties.get("FunctionUrlConfig")),
             mq_events=tuple(self._mq_event(where, name, event) for name, event in events.items()
                             if self._event_supported(where, name, event, "MQ")),
@@ -298,6 +301,20 @@ class _TemplateReader:
             description=str(properties.get("Description", "")),
             region=self.region,
         )
+
+    def _provisioned(self, where: str, properties: dict[str, Any]) -> int:
+        """ProvisionedConcurrencyConfig, checked as SAM and Lambda check it."""
+        config = properties.get("ProvisionedConcurrencyConfig")
+        if not config:
+            return 0
+        if not properties.get("AutoPublishAlias"):
+            raise TemplateError(f"{where}: ProvisionedConcurrencyConfig requires AutoPublishAlias")
+        count = int(config.get("ProvisionedConcurrentExecutions", 0))
+        reserved = properties.get("ReservedConcurrentExecutions")
+        if count < 1 or (reserved is not None and count > int(reserved)):
+            raise TemplateError(f"{where}: ProvisionedConcurrentExecutions must be at least 1 and at "
+                                "most ReservedConcurrentExecutions")
+        return count
 
     def _layer_dir(self, where: str, arn: str) -> Path:
         for logical_id, resource in self.resources.items():

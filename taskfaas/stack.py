@@ -43,7 +43,7 @@ UNIT_SECONDS = "0.05"  # the tests' default; the benchmarks pass their own
 # Keys of `extra_env` with these names are also passed to localfaas as template parameter overrides
 # (the functions' settings come from the template); the UPPER_CASE keys reach the fleet.
 TEMPLATE_PARAMETERS = ("WorkerTtl", "ResultTtl", "CacheTtl", "TaskUnitSeconds", "MaxBatch", "DispatchMode",
-                       "JanitorSchedule")
+                       "JanitorSchedule", "ProvisionedConcurrency")
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
