@@ -40,7 +40,9 @@ class Signer:
     def __init__(self, access_key: str, secret_key: str, region: str, token: str | None = None) -> None:
         self.access_key, self.secret_key, self.region, self.token = access_key, secret_key, region, token
         self._scope_tail = f"/{region}/{SERVICE}/aws4_request"
-        self._day, self._key = "", b""  # the signing key of the last day signed for
+        # (day, signing key) of the last day signed for: one attribute, so that a thread never sees
+        # one day's key with another's date (bench and the CLI sign from several threads).
+        self._dated_key = ("", b"")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Signer | None:
@@ -107,12 +109,13 @@ class Signer:
 
     def _signing_key(self, day: str) -> bytes:
         """SigV4's kSigning for `day`: four HMACs once a day rather than at every request."""
-        if day != self._day:
+        dated, key = self._dated_key
+        if dated != day:
             key = f"AWS4{self.secret_key}".encode()
             for part in (day, self.region, SERVICE, "aws4_request"):
                 key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-            self._day, self._key = day, key
-        return self._key
+            self._dated_key = (day, key)
+        return key
 
 
 def host_header(url: str) -> str:
