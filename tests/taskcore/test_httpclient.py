@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -131,8 +134,8 @@ class Scripted:
     """A server that runs `scripts[i]` on its i-th connection (the last one for any later) and
     records every request it read, whole, with the connection's number."""
 
-    def __init__(self, scripts: list[Script]) -> None:
-        self.scripts = scripts
+    def __init__(self, scripts: list[Script], tls: ssl.SSLContext | None = None) -> None:
+        self.scripts, self.tls = scripts, tls
         self.requests: list[tuple[int, bytes]] = []
         self.connections = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -150,11 +153,12 @@ class Scripted:
             script = self.scripts[min(number, len(self.scripts) - 1)]
             threading.Thread(target=self._run, args=(script, Peer(sock, number, self)), daemon=True).start()
 
-    @staticmethod
-    def _run(script: Script, peer: Peer) -> None:
+    def _run(self, script: Script, peer: Peer) -> None:
         try:
+            if self.tls is not None:
+                peer.sock = self.tls.wrap_socket(peer.sock, server_side=True)
             script(peer)
-        except OSError:
+        except OSError:  # ssl.SSLError too: a client that refused our certificate
             pass
         finally:
             peer.sock.close()
@@ -167,8 +171,8 @@ class Scripted:
 def scripted() -> Iterator[Callable[[list[Script]], Scripted]]:
     servers: list[Scripted] = []
 
-    def start(scripts: list[Script]) -> Scripted:
-        servers.append(Scripted(scripts))
+    def start(scripts: list[Script], tls: ssl.SSLContext | None = None) -> Scripted:
+        servers.append(Scripted(scripts, tls))
         return servers[-1]
 
     yield start
@@ -272,6 +276,26 @@ def test_a_response_too_slow_times_out(scripted) -> None:
     assert 0.3 <= time.monotonic() - started < 1.2
     assert client.request("POST", "/x", {}, b"{}").status == 200  # not on the timed-out connection
     assert server.connections == 2 and len(server.requests) == 2
+
+
+def test_https_with_the_servers_certificate_checked(scripted, tmp_path: Path) -> None:
+    """A Lambda function URL is https: the client speaks TLS, keeps the connection, and checks the
+    certificate (the system's CAs by default: a self-signed one is refused)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    server = scripted([keep_answering], tls=server_side)
+    url = server.url.replace("http://127.0.0.1", "https://localhost")
+    client = Client(url, 2, 5, ssl_context=ssl.create_default_context(cafile=str(cert)))
+    assert client.request("POST", "/x", {}, b"{}").body == b"answer 1"
+    assert client.request("POST", "/x", {}, b"{}").body == b"answer 2"
+    assert server.connections == 1
+    with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+        Client(url, 2, 5).request("POST", "/x", {}, b"{}")
+    assert len(server.requests) == 2  # nothing was sent to a server not verified
 
 
 def test_nothing_listening_and_not_http(scripted) -> None:
