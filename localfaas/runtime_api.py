@@ -154,17 +154,25 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     async def _serve(self) -> None:
+        held = b""  # a 202 not written yet: it goes out with the answer to the request behind it
         while True:
             request = await self.queue.get()
             try:
                 response = await self._handle(request)
             except asyncio.CancelledError:
                 if self.transport is not None and not self.transport.is_closing():
-                    self.transport.write(_error(500, "Runtime.Unknown", "environment is shutting down"))
+                    self.transport.write(held + _error(500, "Runtime.Unknown", "environment is shutting down"))
                 raise
             if self.transport is None or self.transport.is_closing():
                 return
-            self.transport.write(response)
+            if response is _ACCEPTED_RESPONSE and not self.queue.empty():
+                # A client that pipelined its next request (the lean client sends `/next` with its
+                # result) reads this 202 only on its way to that request's answer: written with
+                # it, the environment wakes once per invocation, not twice. Answers stay in order.
+                held += response
+                continue
+            self.transport.write(held + response if held else response)
+            held = b""
 
     async def _handle(self, request: _Request) -> bytes:
         environment = self.environment
