@@ -59,6 +59,9 @@ NEXT_PATH = _PREFIX + "/invocation/next"
 _MAX_HEADER_BYTES = 64 * 1024
 _MAX_XRAY_HEADER_BYTES = 1024 * 1024  # awslambdaric drops the X-Ray cause header from 1 MiB on
 _RECV_BYTES = 256 * 1024
+_ACCEPTED_BODY = b'{"status":"OK"}'
+_ACCEPTED = (b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n"
+             + _ACCEPTED_BODY)  # what localfaas's Runtime API answers a result with (runtime_api.py)
 _MAX_RECV_BYTES = 4 * 1024 * 1024  # a payload may be 6 MB: read it in a few large pieces
 
 
@@ -140,15 +143,18 @@ class Connection:
             if not chunk:
                 raise RuntimeApiError("the Runtime API closed the connection")
             buffer += chunk
-        lines = buffer[:end].decode("latin-1").split("\r\n")
+        if buffer.startswith(_ACCEPTED):  # localfaas's 202, byte for byte: nothing to parse
+            self._buffer = buffer[len(_ACCEPTED):]
+            return 202, {}, _ACCEPTED_BODY
+        status_line, _, head = buffer[:end].decode("latin-1").partition("\r\n")
         rest = buffer[end + 4:]
-        parts = lines[0].split(" ", 2)
+        parts = status_line.split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise RuntimeApiError(f"not an HTTP/1.1 response: {lines[0][:100]!r}")
+            raise RuntimeApiError(f"not an HTTP/1.1 response: {status_line[:100]!r}")
         headers: dict[str, str] = {}
-        for line in lines[1:]:
+        for line in head.split("\r\n"):
             name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+            headers[name.lower()] = value.strip()  # no space may precede the colon (RFC 9112 5.1)
         if "chunked" in headers.get("transfer-encoding", "").lower():
             raise RuntimeApiError("chunked responses are not supported (the Runtime API sends lengths)")
         length = int(headers.get("content-length", "0") or 0)
