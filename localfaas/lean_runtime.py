@@ -79,6 +79,7 @@ class Connection:
         self._user_agent = _user_agent().encode("latin-1")
         self._sock: socket.socket | None = None
         self._buffer = b""
+        self._recv_view = memoryview(bytearray(_RECV_BYTES))
         self.next_sent = False  # a pipelined `/next` is on this connection, its answer not read yet
         self._next_request = b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\n\r\n" % (
             NEXT_PATH.encode(), self._host_header, self._user_agent)
@@ -139,7 +140,10 @@ class Connection:
         while (end := buffer.find(b"\r\n\r\n")) < 0:
             if len(buffer) > _MAX_HEADER_BYTES:
                 raise RuntimeApiError("the Runtime API's response headers are too large")
-            chunk = sock.recv(_RECV_BYTES)  # the long poll: signals run their handlers in here
+            # The long poll: signals run their handlers in here. Into a buffer kept for it: a
+            # recv(256 KiB) would have malloc mmap and unmap 256 KiB on every call.
+            received = sock.recv_into(self._recv_view)
+            chunk = self._recv_view[:received].tobytes()
             if not chunk:
                 raise RuntimeApiError("the Runtime API closed the connection")
             buffer += chunk
