@@ -19,10 +19,13 @@ class ReportStatus(enum.StrEnum):
 
 
 def new_request_id() -> str:
-    """A random (version 4) UUID, as uuid.uuid4() would render it, for a third of its cost."""
-    raw = int.from_bytes(os.urandom(16)) & ~(0xF000 << 64) & ~(0xC000 << 48) | (0x4000 << 64) | (0x8000 << 48)
-    text = f"{raw:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    """A random (version 4, RFC 4122 variant) UUID, as str(uuid.uuid4()) renders it, for a
+    fraction of its cost."""
+    text = os.urandom(16).hex()
+    return f"{text[:8]}-{text[8:12]}-4{text[13:16]}-{_VARIANT[text[16]]}{text[17:20]}-{text[20:]}"
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def new_trace_id() -> str:
