@@ -272,7 +272,9 @@ def test_deploy_swaps_code_without_failing_in_flight(localfaas, tmp_path: Path,
     in_flight = threading.Thread(target=lambda: results.append(host.invoke("Capped", {"sleep": 2})))
     warm = json.loads(host.invoke("Behave", {})[2])
     in_flight.start()
-    time.sleep(0.5)
+    # Deploy only once the in-flight invocation runs (its cold start can take a while on a loaded
+    # machine): its handler prints what it got as it starts.
+    host.wait_for_log("Capped", "behave got", 20)
     app.write_text(app.read_text().replace('"version": os.environ.get("FIXTURE_VERSION", "1")',
                                            '"version": "2"'))
     deployed = host.cli("deploy")
