@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import amqp
 import amqp.exceptions
+from amqp.method_framing import frame_writer
 
 from taskcore.rabbitmq.interface import (
     Broker,
@@ -112,6 +113,21 @@ def open_channel(connection: amqp.Connection) -> amqp.Channel:
     return channel
 
 
+class Frames:
+    """Stands in for the transport of a frame writer: keeps what it is given, to go out in one write.
+    (The writer hands over a view of a buffer it reuses: copied.)"""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.chunks.append(bytes(data))
+
+    def take(self) -> bytes:
+        data, self.chunks = b"".join(self.chunks), []
+        return data
+
+
 class Link:
     """One connection, with a channel in confirm mode for publishing and, made when first needed, a
     channel for declarations and inspection (a 404 closes a channel: py-amqp reopens it)."""
@@ -129,6 +145,11 @@ class Link:
         self.confirms.events["basic_nack"].add(self._on_nack)
         self.confirms.events["basic_return"].add(self._on_return)
         self._side: amqp.Channel | None = None
+        # A batch's frames go out in one write: py-amqp writes each message at once, and every write
+        # on loopback wakes the broker (a batch of 100 cost ~40% more CPU per message than pika's,
+        # which buffers). Its own frame writer, over a Frames, set on the connection for the batch.
+        self._frames = Frames()
+        self._batch_writer = frame_writer(self.connection, self._frames)
         self._readable = select.poll()
         self._readable.register(self.connection.sock, select.POLLIN)
         self._next_tag = 1
@@ -181,14 +202,22 @@ class Link:
         when not every confirm came within `timeout`."""
         todo = list(todo)
         self._outcome, self._returned, self._pending = outcome, set(), {}
-        publish = self.confirms.basic_publish
-        for index in todo:
-            routing_key, body, message_id = messages[index]
-            message = amqp.Message(body, delivery_mode=PERSISTENT, content_type="application/json",
-                                   message_id=message_id)
-            publish(message, exchange=exchange, routing_key=routing_key, mandatory=True)
-            self._pending[self._next_tag] = index
-            self._next_tag += 1
+        publish, connection = self.confirms.basic_publish, self.connection
+        direct = connection.frame_writer
+        if len(todo) > 1:
+            connection.frame_writer = self._batch_writer
+        try:
+            for index in todo:
+                routing_key, body, message_id = messages[index]
+                message = amqp.Message(body, delivery_mode=PERSISTENT, content_type="application/json",
+                                       message_id=message_id)
+                publish(message, exchange=exchange, routing_key=routing_key, mandatory=True)
+                self._pending[self._next_tag] = index
+                self._next_tag += 1
+        finally:
+            connection.frame_writer = direct
+        if self._frames.chunks:
+            connection.transport.write(self._frames.take())
         deadline = time.monotonic() + timeout
         while self._pending:
             remaining = deadline - time.monotonic()
