@@ -216,8 +216,9 @@ class Link:
                 self._next_tag += 1
         finally:
             connection.frame_writer = direct
-        if self._frames.chunks:
-            connection.transport.write(self._frames.take())
+            batch = self._frames.take()  # and nothing of a failed batch left for the next one
+        if batch:
+            connection.transport.write(batch)
         deadline = time.monotonic() + timeout
         while self._pending:
             remaining = deadline - time.monotonic()
