@@ -36,7 +36,8 @@ def test_a_frozen_broker_fails_publishes_in_time_and_a_resumed_one_takes_them(
         try:
             began = time.monotonic()
             try:
-                broker.publish(keys.tasks_exchange, [("shared", b"{}", "frozen1"), ("shared", b"{}", "frozen2")])
+                broker.publish(keys.tasks_exchange,
+                               [("shared", b"{}", "frozen1"), ("shared", b"{}", "frozen2")])
             except PublishError as error:
                 assert error.unconfirmed == [0, 1] and not error.nacked and not error.unroutable
             else:
