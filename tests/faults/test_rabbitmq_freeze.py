@@ -8,17 +8,38 @@ next publish goes out on a new connection and is confirmed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from pathlib import Path
 
 from taskcore.rabbitmq import BrokerUnavailable, PublishError
 from taskcore.rabbitmq.amqp import AmqpBroker
 from taskcore.settings import Settings
-from taskfaas.stack import new_namespace
+from taskfaas.stack import eventually, new_namespace
 from tests.faults.conftest import PrivateRabbitMQ
 
 TIMEOUT = 1.0  # BROKER_TIMEOUT: each wait (confirms, handshake, a reply) gives up after it
+
+
+def group_states(group: int) -> list[str]:
+    """The state letter (/proc/<pid>/stat) of every process in a process group."""
+    states = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group:  # after the name: state, ppid, pgrp
+                states.append(fields[0])
+    return states
+
+
+def freeze(group: int) -> None:
+    """SIGSTOP to the group, then waits until every process in it is stopped: the signal is only
+    queued when killpg returns, and a node running on the other core could still answer."""
+    os.killpg(group, signal.SIGSTOP)
+    eventually(lambda: (states := group_states(group)) and all(state == "T" for state in states), 5,
+               "the node stopped")
 
 
 def test_a_frozen_broker_fails_publishes_in_time_and_a_resumed_one_takes_them(
@@ -32,7 +53,7 @@ def test_a_frozen_broker_fails_publishes_in_time_and_a_resumed_one_takes_them(
         broker.declare()
         broker.publish(keys.tasks_exchange, [("shared", b"{}", "before")])
         first = broker._link.connection  # the implementation's own
-        os.killpg(process.pid, signal.SIGSTOP)
+        freeze(process.pid)
         try:
             began = time.monotonic()
             try:
