@@ -206,9 +206,10 @@ def parse_submission(body: bytes | str, settings: Settings) -> Submission:
 
 
 def parse_generate(body: bytes | str, settings: Settings, max_count: int) -> tuple[int, int]:
-    """POST /generate {"count": 1..max_count (10), "seed": integer (0)}; an empty body is {}."""
+    """POST /generate {"count": 1..max_count (10), "seed": integer (0)}; no body at all is {}. A
+    body of whitespace only is not JSON (a 400, as the API document says of any non-JSON body)."""
     raw = bounded(body, settings.max_body_bytes)
-    data = parse_json(raw) if raw.strip() else {}
+    data = parse_json(raw) if raw else {}
     if not isinstance(data, dict):
         raise ValidationError("not_an_object", "the body must be a JSON object {\"count\", \"seed\"}")
     extra = sorted(set(data) - {"count", "seed"})

@@ -331,6 +331,9 @@ def test_parse_task_ids() -> None:
 
 def test_parse_generate() -> None:
     assert parse_generate(b"", SETTINGS, 100) == (10, 0)
+    with pytest.raises(ValidationError) as whitespace:  # schemathesis found it answered 202
+        parse_generate(b" \n", SETTINGS, 100)
+    assert whitespace.value.code == "malformed_json"
     assert parse_generate(b'{"count": 100, "seed": -3}', SETTINGS, 100) == (100, -3)
     cases = [(b"[1]", "not_an_object"), (b"{", "malformed_json"), (b'{"count": 1, "x": 2}', "unknown_field"),
              (b'{"count": 0}', "invalid_count"), (b'{"count": 101}', "invalid_count"),
