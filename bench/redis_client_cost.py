@@ -136,8 +136,8 @@ def import_cost(runs: int) -> dict[str, Any]:
         w, c, has_asyncio, modules = line.split()
         wall.append(float(w) * 1000)
         cpu.append(float(c) * 1000)
-    return {"wall_ms": [min(wall), max(wall)], "cpu_ms": [min(cpu), max(cpu)], "asyncio": has_asyncio == "True",
-            "modules": int(modules)}
+    return {"wall_ms": [min(wall), max(wall)], "cpu_ms": [min(cpu), max(cpu)],
+            "asyncio": has_asyncio == "True", "modules": int(modules)}
 
 
 def main() -> None:
@@ -176,7 +176,8 @@ def main() -> None:
         cleaner.close()
     report: dict[str, Any] = {"redis": redis.__version__}
     for name, by_command in slices.items():
-        report[name] = {command: round(statistics.median(values), 1) for command, values in by_command.items()}
+        report[name] = {command: round(statistics.median(values), 1)
+                        for command, values in by_command.items()}
     print(json.dumps(report))
 
 if __name__ == "__main__":

@@ -164,9 +164,10 @@ class TaskStore:
 
         A pooled client takes a connection from its pool, checks it for unread data and gives it
         back at every command; a single-connection client keeps one behind a lock: measured with
-        bench/redis_client_cost.py (redis-py 8.1, hiredis), 75-100 us of client CPU per command
-        instead of 115-155 us. But its lock is held through a blocking BLMOVE (a long-poll slice of
-        up to _WAIT_SLICE), so only a store used by one thread at a time may have one.
+        bench/redis_client_cost.py (redis-py 8.1, hiredis), 60-120 us of client CPU per command
+        instead of 105-160 us (docs/taskcore.md). But its lock is held through a blocking BLMOVE
+        (a long-poll slice of up to _WAIT_SLICE), so only a store used by one thread at a time may
+        have one.
         health_check_interval costs a clock read per command (a PING only after 30 s idle)."""
         key = (settings.redis_url, single_threaded)
         with cls._clients_lock:
