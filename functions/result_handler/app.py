@@ -25,7 +25,9 @@ app = Chalice(app_name="result_handler")
 app.log.setLevel(logging.INFO)
 
 settings = Settings.from_env()
-store = TaskStore.for_settings(settings)
+# single_threaded: an environment serves one invocation at a time, so the store may keep one
+# connection instead of going through a pool at every command (TaskStore.client_for says what it saves).
+store = TaskStore.for_settings(settings, single_threaded=True)
 _broker: AmqpBroker | None = None  # made for the first poison message, then reused
 
 
