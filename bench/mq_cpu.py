@@ -140,7 +140,7 @@ def run(tree: Path, count: int, rate: float, work: Path) -> dict[str, float]:
             first = status(host.endpoint)["batches"]
             publish(channel, queue, count, phase_rate, sent)
             sent += count
-            wait_for(lambda: status(host.endpoint)["acked"] >= sent, 120, f"the {phase} messages")
+            wait_for(lambda total=sent: status(host.endpoint)["acked"] >= total, 120, f"the {phase} messages")
             elapsed = time.monotonic() - t0
             used = cpu_seconds(pid) - before
             figures[f"{phase}_us_per_msg"] = used * 1e6 / count

@@ -254,7 +254,7 @@ class MqMapping:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _connect(self) -> Channel:
+    async def _connect(self, reached: list[bool]) -> Channel:
         loop = asyncio.get_running_loop()
         self._problem = problem = loop.create_future()
         self._closed = closed = loop.create_future()
@@ -286,6 +286,7 @@ class MqMapping:
             self.parameters, on_open_callback=on_open, on_open_error_callback=on_open_error,
             on_close_callback=on_close, custom_ioloop=loop)
         await opened
+        reached[0] = True  # from here a failure is a lost connection, not a refused one
         channel_open: asyncio.Future[Channel] = loop.create_future()
         connection.channel(on_open_callback=channel_open.set_result)
         await self._until(channel_open)
@@ -312,8 +313,7 @@ class MqMapping:
 
     async def _consume(self, opened: list[bool]) -> None:
         self._pending = pending = []
-        channel = await self._connect()
-        opened[0] = True
+        channel = await self._connect(opened)
         problem = self._problem
         assert problem is not None
         self.connections += 1
