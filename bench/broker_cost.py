@@ -253,7 +253,7 @@ def direct(args: argparse.Namespace) -> None:
     confirmed batches of --batch to a durable queue, each batch consumed and acked (prefetch 100)
     before the next; the node's CPU per message, per round, both types in turn on one private node."""
     from taskcore.rabbitmq import OutgoingMessage
-    from taskcore.rabbitmq.amqp import ConfirmingChannel, connection_parameters
+    from taskcore.rabbitmq.pika_consumer import ConfirmingChannel, connection_parameters
 
     types = {"quorum": {"x-queue-type": "quorum", "x-delivery-limit": 5},
              "classic v2": {"x-queue-type": "classic", "x-queue-version": 2}}

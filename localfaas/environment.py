@@ -27,7 +27,7 @@ from pathlib import Path
 from localfaas.aws import MAX_RESPONSE_BYTES
 from localfaas.invocation import Invocation, ReportStatus, exit_error, report_line, timeout_error
 from localfaas.logs import LogSink, error_summary
-from localfaas.runtime_api import RuntimeEndpoint
+from localfaas.runtime_api import NextAnswer, RuntimeEndpoint
 from localfaas.template import FunctionSpec
 
 INIT_TIME_LIMIT = 10.0  # seconds; Lambda's limit for the init phase of on-demand functions
@@ -131,8 +131,12 @@ class Environment:
         self._spawned_at = 0.0
         self._current: Invocation | None = None
         self._queued: Invocation | None = None
-        self._next_waiter: asyncio.Future[Invocation] | None = None
+        self._next_waiter: NextAnswer | None = None  # the runtime's `/next`, waiting
+        # The timeout: one timer per environment, not one per invocation. `_deadline` (loop time)
+        # is the current invocation's; the timer, when it fires, acts on it or re-arms for it.
+        self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._report_init = False
         self._status: ReportStatus | None = None
         self._tasks: tuple[asyncio.Task[None], ...] = ()
@@ -185,22 +189,20 @@ class Environment:
         self.transition(State.BUSY)
         self._current = invocation
         self._status = None
-        if self._next_waiter is not None and not self._next_waiter.done():
-            self._next_waiter.set_result(invocation)
+        if self._next_waiter is not None:
+            answer, self._next_waiter = self._next_waiter, None
+            self._hand(invocation, answer)
         else:
             self._queued = invocation
             if self.init_ms is None:  # cold: the init phase has a limit of its own
-                self._timer = asyncio.get_running_loop().call_later(
-                    INIT_TIME_LIMIT + self.spec.timeout, self._timed_out, invocation)
+                self._arm(INIT_TIME_LIMIT + self.spec.timeout)
         try:
             await asyncio.shield(invocation.outcome)
         finally:
             self._finish(invocation)
 
     def _finish(self, invocation: Invocation) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None  # the timer, if it fires before the next invocation, does nothing
         elapsed = (time.monotonic() - invocation.started_at) * 1000 if invocation.started_at else 0.0
         if not invocation.started_at:  # settled before the runtime took it (init failed)
             self._log(f"START RequestId: {invocation.request_id} Version: $LATEST")
@@ -235,7 +237,10 @@ class Environment:
         await self._init_over.wait()
         return self.initialized and self.state is State.IDLE
 
-    async def next_invocation(self) -> Invocation:
+    def next_invocation(self, answer: NextAnswer) -> None:
+        if self.state is State.DEAD:
+            answer(None)
+            return
         if self.init_ms is None:
             self.init_ms = (time.monotonic() - self._spawned_at) * 1000
             self._report_init = not self.provisioned
@@ -246,18 +251,46 @@ class Environment:
                 self.transition(State.IDLE)
         if self._queued is not None:
             invocation, self._queued = self._queued, None
+            self._hand(invocation, answer)
         else:
-            self._next_waiter = asyncio.get_running_loop().create_future()
-            invocation = await self._next_waiter
+            self._next_waiter = answer
+
+    def forget_next(self, answer: NextAnswer) -> None:
+        if self._next_waiter == answer:
             self._next_waiter = None
-        if self._timer is not None:
-            self._timer.cancel()
+
+    def _hand(self, invocation: Invocation, answer: NextAnswer) -> None:
+        """The runtime receives the invocation: its timeout starts now."""
         invocation.started_at = time.monotonic()
         invocation.deadline_ms = int((time.time() + self.spec.timeout) * 1000)
-        self._timer = asyncio.get_running_loop().call_later(
-            self.spec.timeout, self._timed_out, invocation)
+        self._arm(self.spec.timeout)
         self._log(f"START RequestId: {invocation.request_id} Version: $LATEST")
-        return invocation
+        answer(invocation)
+
+    def _arm(self, seconds: float) -> None:
+        """The current invocation times out `seconds` from now. The timer is left running between
+        invocations: an earlier one's fires before this deadline and re-arms (_check), so a
+        warm invocation costs no timer of its own."""
+        loop = asyncio.get_running_loop()
+        self._deadline = deadline = loop.time() + seconds
+        if self._timer is not None and self._timer_at > deadline:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None:
+            self._timer_at = deadline
+            self._timer = loop.call_at(deadline, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        deadline, invocation = self._deadline, self._current
+        if deadline is None or invocation is None or invocation.outcome.done():
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._timer_at = deadline
+            self._timer = loop.call_at(deadline, self._check)
+            return
+        self._timed_out(invocation)
 
     def current_request_id(self) -> str | None:
         return self._current.request_id if self._current else None
@@ -299,8 +332,12 @@ class Environment:
         """Kill the process; the exit watcher then closes the endpoint and tells the pool."""
         if self.transition(State.DEAD):
             self._kill()
-        if self._next_waiter is not None and not self._next_waiter.done():
-            self._next_waiter.cancel()
+        self._abandon_next()
+
+    def _abandon_next(self) -> None:
+        if self._next_waiter is not None:
+            answer, self._next_waiter = self._next_waiter, None
+            answer(None)
 
     async def wait_closed(self) -> None:
         if self._tasks:
@@ -312,7 +349,6 @@ class Environment:
                 self._process.kill()
 
     def _timed_out(self, invocation: Invocation) -> None:
-        self._timer = None
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         self._log(f"{stamp} {invocation.request_id} Task timed out after {self.spec.timeout:.2f} seconds")
         self._status = ReportStatus.TIMEOUT
@@ -332,8 +368,10 @@ class Environment:
             self._log("Runtime.ExitError")
             self._status = ReportStatus.ERROR
             invocation.fail(document)
-        if self._next_waiter is not None and not self._next_waiter.done():
-            self._next_waiter.cancel()
+        self._abandon_next()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._init_over is not None:
             self._init_over.set()
         if self._endpoint is not None:

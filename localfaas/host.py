@@ -197,7 +197,7 @@ class Host:
 
     async def stop(self) -> None:
         for mapping in self._mappings:
-            await asyncio.get_running_loop().run_in_executor(None, mapping.stop)
+            await mapping.close()
         for task in self._background:
             task.cancel()
         for pool in self._pools.values():

@@ -8,7 +8,6 @@ import enum
 import json
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 
 
@@ -20,11 +19,18 @@ class ReportStatus(enum.StrEnum):
 
 
 def new_request_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4, RFC 4122 variant) UUID, as str(uuid.uuid4()) renders it, for a
+    fraction of its cost."""
+    text = os.urandom(16).hex()
+    return f"{text[:8]}-{text[8:12]}-4{text[13:16]}-{_VARIANT[text[16]]}{text[17:20]}-{text[20:]}"
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def new_trace_id() -> str:
-    return f"Root=1-{int(time.time()):08x}-{os.urandom(12).hex()};Parent={os.urandom(8).hex()};Sampled=0"
+    random = os.urandom(20).hex()  # one call: 12 bytes for the root, 8 for the parent
+    return f"Root=1-{int(time.time()):08x}-{random[:24]};Parent={random[24:]};Sampled=0"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,14 @@ started and joined per invocation. Here every request goes over ONE keep-alive H
 connection, a plain blocking socket in the main thread, with just the parsing the Runtime API's
 answers need (a status line, headers, a Content-Length body).
 
+The `/response` (or `/error`) of an invocation and the `/next` that follows it go out in ONE write,
+pipelined (HTTP/1.1 allows it; the answers come back in order): awslambdaric's bootstrap asks for
+the next invocation right after it posted a result, so the `/next` can leave with it. That is one
+send and, on the Runtime API's side, one wake-up less per invocation; localfaas's Runtime API
+also holds the 202 for a result with a `/next` behind it and writes it with that `/next`'s answer,
+so the environment wakes once per invocation instead of twice. The 202 is still read and checked
+(a result not answered 202 ends the runtime, as with awslambdaric) before the post returns.
+
 Signals: the wait for `/next` is a `recv` in the main thread. Python retries a `recv` interrupted
 by a signal after running the signal's Python handler (PEP 475), so a handler the function
 installs (say for SIGTERM) runs while the environment waits, as with awslambdaric's thread; if
@@ -47,9 +55,13 @@ from awslambdaric.lambda_runtime_exception import FaultException
 from awslambdaric.lambda_runtime_marshaller import to_json
 
 _PREFIX = "/2018-06-01/runtime"
+NEXT_PATH = _PREFIX + "/invocation/next"
 _MAX_HEADER_BYTES = 64 * 1024
 _MAX_XRAY_HEADER_BYTES = 1024 * 1024  # awslambdaric drops the X-Ray cause header from 1 MiB on
 _RECV_BYTES = 256 * 1024
+_ACCEPTED_BODY = b'{"status":"OK"}'
+_ACCEPTED = (b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n"
+             + _ACCEPTED_BODY)  # what localfaas's Runtime API answers a result with (runtime_api.py)
 _MAX_RECV_BYTES = 4 * 1024 * 1024  # a payload may be 6 MB: read it in a few large pieces
 
 
@@ -67,6 +79,10 @@ class Connection:
         self._user_agent = _user_agent().encode("latin-1")
         self._sock: socket.socket | None = None
         self._buffer = b""
+        self._recv_view = memoryview(bytearray(_RECV_BYTES))
+        self.next_sent = False  # a pipelined `/next` is on this connection, its answer not read yet
+        self._next_request = b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\n\r\n" % (
+            NEXT_PATH.encode(), self._host_header, self._user_agent)
 
     def _connect(self) -> socket.socket:
         if self._sock is None:
@@ -77,29 +93,46 @@ class Connection:
         return self._sock
 
     def close(self) -> None:
+        self.next_sent = False  # a request sent ahead is lost with its connection: sent again
         if self._sock is not None:
             self._sock.close()
             self._sock = None
 
     def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
-                user_agent: bool = True) -> tuple[int, dict[str, str], bytes]:
-        """Send one request and read its answer: (status, headers with lower-case names, body)."""
+                user_agent: bool = True, then_next: bool = False) -> tuple[int, dict[str, str], bytes]:
+        """Send one request and read its answer: (status, headers with lower-case names, body).
+        `then_next`: a GET `/next` goes out in the same write; read its answer with next()."""
         head = [b"%s %s HTTP/1.1" % (method.encode(), path.encode("latin-1")), b"Host: " + self._host_header]
         if user_agent:
             head.append(b"User-Agent: " + self._user_agent)
         if method != "GET":
             head.append(b"Content-Length: %d" % len(body))
         head += [f"{name}: {value}".encode("latin-1") for name, value in (headers or {}).items()]
+        data = b"\r\n".join(head) + b"\r\n\r\n" + body
+        if then_next:
+            data += self._next_request
+        return self._exchange(data, then_next)
+
+    def next(self) -> tuple[int, dict[str, str], bytes]:
+        """The answer to GET `/next`: the pipelined one's if one was sent, else a new request's."""
+        if self.next_sent:
+            self.next_sent = False
+            return self._exchange(b"", False)
+        return self._exchange(self._next_request, False)
+
+    def _exchange(self, data: bytes, then_next: bool) -> tuple[int, dict[str, str], bytes]:
         sock = self._connect()
         try:
-            # One write per request (headers and body together) keeps it one segment when small.
-            sock.sendall(b"\r\n".join(head) + b"\r\n\r\n" + body)
+            if data:
+                # One write per request (headers and body together) keeps it one segment when small.
+                sock.sendall(data)
+                self.next_sent = then_next
             status, answer_headers, answer = self._read_response(sock)
         except BaseException:
             self.close()  # half an exchange leaves the connection in an unknown state
             raise
         if answer_headers.get("connection", "").lower() == "close":
-            self.close()
+            self.close()  # and with it any request sent ahead, which next() sends again
         return status, answer_headers, answer
 
     def _read_response(self, sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
@@ -107,19 +140,25 @@ class Connection:
         while (end := buffer.find(b"\r\n\r\n")) < 0:
             if len(buffer) > _MAX_HEADER_BYTES:
                 raise RuntimeApiError("the Runtime API's response headers are too large")
-            chunk = sock.recv(_RECV_BYTES)  # the long poll: signals run their handlers in here
+            # The long poll: signals run their handlers in here. Into a buffer kept for it: a
+            # recv(256 KiB) would have malloc mmap and unmap 256 KiB on every call.
+            received = sock.recv_into(self._recv_view)
+            chunk = self._recv_view[:received].tobytes()
             if not chunk:
                 raise RuntimeApiError("the Runtime API closed the connection")
             buffer += chunk
-        lines = buffer[:end].decode("latin-1").split("\r\n")
+        if buffer.startswith(_ACCEPTED):  # localfaas's 202, byte for byte: nothing to parse
+            self._buffer = buffer[len(_ACCEPTED):]
+            return 202, {}, _ACCEPTED_BODY
+        status_line, _, head = buffer[:end].decode("latin-1").partition("\r\n")
         rest = buffer[end + 4:]
-        parts = lines[0].split(" ", 2)
+        parts = status_line.split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise RuntimeApiError(f"not an HTTP/1.1 response: {lines[0][:100]!r}")
+            raise RuntimeApiError(f"not an HTTP/1.1 response: {status_line[:100]!r}")
         headers: dict[str, str] = {}
-        for line in lines[1:]:
+        for line in head.split("\r\n"):
             name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+            headers[name.lower()] = value.strip()  # no space may precede the colon (RFC 9112 5.1)
         if "chunked" in headers.get("transfer-encoding", "").lower():
             raise RuntimeApiError("chunked responses are not supported (the Runtime API sends lengths)")
         length = int(headers.get("content-length", "0") or 0)
@@ -156,7 +195,7 @@ class LeanRuntimeClient(LambdaRuntimeClient):
 
     def wait_next_invocation(self) -> InvocationRequest:
         try:
-            status, headers, body = self.connection.request("GET", _PREFIX + "/invocation/next")
+            status, headers, body = self.connection.next()
             if status != 200:
                 raise LambdaRuntimeClientError("/runtime/invocation/next", status, body)
             deadline = headers.get("lambda-runtime-deadline-ms")
@@ -181,7 +220,8 @@ class LeanRuntimeClient(LambdaRuntimeClient):
                                invocation_id: str | None = None) -> None:
         body = result_data if isinstance(result_data, bytes) else result_data.encode("utf-8")
         status, _, _ = self.connection.request(
-            "POST", f"{_PREFIX}/invocation/{invoke_id}/response", body, {"Content-Type": content_type})
+            "POST", f"{_PREFIX}/invocation/{invoke_id}/response", body, {"Content-Type": content_type},
+            then_next=True)  # bootstrap.run asks for the next invocation right after this
         if status != 202:
             raise RuntimeError("Failed to post invocation response")
 
@@ -192,7 +232,7 @@ class LeanRuntimeClient(LambdaRuntimeClient):
             headers["Lambda-Runtime-Function-XRay-Error-Cause"] = xray_fault
         status, _, _ = self.connection.request(
             "POST", f"{_PREFIX}/invocation/{invoke_id}/error", error_response_data.encode("utf-8"),
-            headers)
+            headers, then_next=True)
         if status != 202:
             raise RuntimeError("Failed to post invocation error")
 

@@ -1,17 +1,19 @@
 """Amazon MQ for RabbitMQ event source mapping: a pika consumer that batches messages from one
 queue, invokes the function with a genuine `aws:rmq` event, acks the batch on success and
-requeues it on failure (docs/lambda_behaviours.md §5)."""
+requeues it on failure (docs/lambda_behaviours.md §5).
+
+The consumer runs on the host's own event loop (pika's AsyncioConnection): no thread of its own,
+so no hand-offs between threads and no GIL contention with the loop per batch, and heartbeats
+flow from the loop's timers while an invocation runs."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import contextlib
 import datetime
 import decimal
 import json
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
@@ -19,7 +21,8 @@ from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.asyncio_connection import AsyncioConnection
+from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
 from localfaas.backoff import Backoff
@@ -39,9 +42,7 @@ class Delivery(NamedTuple):
 DEFAULT_HEARTBEAT = 30
 RECONNECT_BACKOFF = Backoff(first=0.5, factor=2.0, limit=5.0)
 JOIN_SECONDS = 5.0
-# Upper bound on one blocking wait: the stop flag is honoured at least this often even if a
-# wake-up callback is lost in a race with the connection closing.
-POLL_SECONDS = 1.0
+CLOSE_SECONDS = 2.0  # how long a clean close may wait for the broker's Close-Ok
 
 # Fixed English names: strftime's %b/%p follow the process locale, Lambda's rendering does not.
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -143,9 +144,15 @@ class MqMapping:
         self._invoke = invoke
         self._loop = loop
         self._logs = logs
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._connection: pika.BlockingConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._connection: AsyncioConnection | None = None
+        self._closed: asyncio.Future[Exception] | None = None  # the connection's close reason
+        # Set (to the exception to raise) when the connection or channel goes, or the broker
+        # cancels the consumer; the consume loop waits on it alongside everything else.
+        self._problem: asyncio.Future[Exception] | None = None
+        self._pending: list[Delivery] = []
+        self._first_at = 0.0  # arrival time of the oldest pending message
+        self._wakeup: asyncio.Future[None] | None = None  # the consume loop waiting for messages
         self.connected = False
         self.connections = 0
         self.batches = self.messages = self.acked = self.requeued = self.failed_batches = 0
@@ -156,15 +163,23 @@ class MqMapping:
         self._logs.host(f"{self.function_name}: mq {self.event.name} ({self.event.queue}): {text}")
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"mq-{self.function_name}-{self.event.name}")
-        self._thread.start()
+        """Start consuming on the loop (callable from the loop's thread or any other)."""
+        self._loop.call_soon_threadsafe(self._begin)
+
+    def _begin(self) -> None:
+        self._task = self._loop.create_task(self._run(), name=f"mq-{self.function_name}-{self.event.name}")
+
+    async def close(self) -> None:
+        """Stop consuming; an unacked batch goes back to the broker with the connection."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._wake()
-        if self._thread is not None:
-            self._thread.join(JOIN_SECONDS)
+        """`close` from a thread other than the loop's."""
+        asyncio.run_coroutine_threadsafe(self.close(), self._loop).result(JOIN_SECONDS)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -175,33 +190,23 @@ class MqMapping:
             "reconnects": max(0, self.connections - 1), "last_error": self.last_error,
         }
 
-    def _wake(self) -> None:
-        """Interrupt process_data_events from another thread (only pika's thread-safe call)."""
-        connection = self._connection
-        if connection is not None:
-            # Closed or closing: then the consumer thread is leaving anyway.
-            with contextlib.suppress(Exception):
-                connection.add_callback_threadsafe(lambda: None)
+    # -- the consumer ---------------------------------------------------------------------------
 
-    # -- the consumer thread ------------------------------------------------------------------
-
-    def _run(self) -> None:
+    async def _run(self) -> None:
         retry = 0  # reconnects since a connection was last up
-        while not self._stopping.is_set():
+        while True:
             connections = self.connections
+            opened = [False]
             try:
-                self._consume()
+                await self._consume(opened)
             except Exception as exc:  # the host must survive anything the broker does
-                if not self._stopping.is_set():
-                    self._failed(exc, reached=self._connection is not None)
+                self._failed(exc, reached=opened[0])
             finally:
                 self.connected = False
-                self._close()
-            if self._stopping.is_set():
-                break
+                await self._close()
             if self.connections > connections:  # it was up: this is a fresh outage
                 retry = 0
-            self._stopping.wait(RECONNECT_BACKOFF.delay(retry))
+            await asyncio.sleep(RECONNECT_BACKOFF.delay(retry))
             retry += 1
 
     def _failed(self, exc: Exception, reached: bool) -> None:
@@ -223,25 +228,94 @@ class MqMapping:
             self._log(f"{error}; retrying (backoff {RECONNECT_BACKOFF.first:g}s doubling to "
                       f"{RECONNECT_BACKOFF.limit:g}s)")
 
-    def _close(self) -> None:
+    async def _close(self) -> None:
         connection, self._connection = self._connection, None
-        if connection is not None and connection.is_open:
+        closed = self._closed
+        if connection is None or closed is None:
+            return
+        if not (connection.is_closing or connection.is_closed):
             with contextlib.suppress(Exception):  # already dead: nothing left to release
                 connection.close()
+        if not closed.done():
+            # Bounded: a broker that does not answer Close must not hold up a stop.
+            await asyncio.wait([closed], timeout=CLOSE_SECONDS)
 
-    def _consume(self) -> None:
-        self._connection = connection = pika.BlockingConnection(self.parameters)
-        channel = connection.channel()
-        channel.basic_qos(prefetch_count=self.event.batch_size)
-        pending: list[tuple[float, Delivery]] = []  # (arrival time, message)
-        cancelled: list[bool] = []
+    async def _until(self, future: asyncio.Future[Any]) -> None:
+        """Wait for the future; raise the connection's problem if there is one first."""
+        problem = self._problem
+        assert problem is not None
+        if not future.done():
+            await asyncio.wait([future, problem], return_when=asyncio.FIRST_COMPLETED)
+        if problem.done():
+            raise problem.result()
 
-        def on_message(_channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties,
-                       body: bytes) -> None:
-            pending.append((time.monotonic(), Delivery(method, properties, body)))
+    def _wake(self) -> None:
+        waiter, self._wakeup = self._wakeup, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-        channel.add_on_cancel_callback(lambda _frame: cancelled.append(True))
-        channel.basic_consume(self.event.queue, on_message)
+    async def _connect(self, reached: list[bool]) -> Channel:
+        loop = asyncio.get_running_loop()
+        self._problem = problem = loop.create_future()
+        self._closed = closed = loop.create_future()
+        opened: asyncio.Future[None] = loop.create_future()
+
+        def raise_problem(exc: Exception) -> None:
+            # Bound to this connection's future: a late close of an old connection must not
+            # end the next one.
+            if not problem.done():
+                problem.set_result(exc)
+            self._wake()
+
+        def on_open(_connection: AsyncioConnection) -> None:
+            opened.set_result(None)
+
+        def on_open_error(_connection: AsyncioConnection, error: BaseException | str) -> None:
+            if not opened.done():
+                opened.set_exception(error if isinstance(error, Exception)
+                                     else pika.exceptions.AMQPConnectionError(error))
+            if not closed.done():
+                closed.set_result(pika.exceptions.AMQPConnectionError(error))
+
+        def on_close(_connection: AsyncioConnection, reason: Exception) -> None:
+            if not closed.done():
+                closed.set_result(reason)
+            raise_problem(reason)
+
+        self._connection = connection = AsyncioConnection(
+            self.parameters, on_open_callback=on_open, on_open_error_callback=on_open_error,
+            on_close_callback=on_close, custom_ioloop=loop)
+        await opened
+        reached[0] = True  # from here a failure is a lost connection, not a refused one
+        channel_open: asyncio.Future[Channel] = loop.create_future()
+        connection.channel(on_open_callback=channel_open.set_result)
+        await self._until(channel_open)
+        channel = channel_open.result()
+        channel.add_on_close_callback(lambda _channel, reason: raise_problem(reason))
+        channel.add_on_cancel_callback(lambda _frame: raise_problem(_Cancelled()))
+        qos_ok: asyncio.Future[Any] = loop.create_future()
+        channel.basic_qos(prefetch_count=self.event.batch_size, callback=qos_ok.set_result)
+        await self._until(qos_ok)
+        consume_ok: asyncio.Future[Any] = loop.create_future()
+        channel.basic_consume(self.event.queue, self._on_message, callback=consume_ok.set_result)
+        await self._until(consume_ok)
+        return channel
+
+    def _on_message(self, _channel: Channel, method: Basic.Deliver, properties: BasicProperties,
+                    body: bytes) -> None:
+        pending = self._pending
+        if not pending:
+            self._first_at = time.monotonic()
+            self._wake()  # a window may start
+        pending.append(Delivery(method, properties, body))
+        if len(pending) == self.event.batch_size:
+            self._wake()
+
+    async def _consume(self, opened: list[bool]) -> None:
+        self._pending = pending = []
+        channel = await self._connect(opened)
+        problem = self._problem
+        assert problem is not None
         self.connections += 1
         self.connected = True
         if self.connections > 1:
@@ -250,38 +324,46 @@ class MqMapping:
             self._log("consuming")
         self._reported = None
         window, size = self.event.window_seconds, self.event.batch_size
-        while not self._stopping.is_set():
-            if cancelled:
-                raise _Cancelled()
-            now = time.monotonic()
-            if pending and (len(pending) >= size or now - pending[0][0] >= window):
-                batch = [message for _, message in pending[:size]]
-                del pending[:size]
-                self._deliver(connection, channel, batch)
-                continue
-            wait = POLL_SECONDS if not pending else pending[0][0] + window - now
-            connection.process_data_events(time_limit=max(0.0, min(wait, POLL_SECONDS)))
+        loop = asyncio.get_running_loop()
+        while True:
+            if problem.done():
+                raise problem.result()
+            if pending:
+                wait = self._first_at + window - time.monotonic()
+                if len(pending) >= size or wait <= 0:
+                    # The prefetch is the batch size, so this is normally every pending message.
+                    batch, self._pending = pending[:size], pending[size:]
+                    await self._deliver(channel, batch)
+                    pending = self._pending
+                    continue
+            else:
+                wait = None
+            self._wakeup = waiter = loop.create_future()
+            if wait is None:
+                await waiter
+            else:
+                handle = loop.call_later(wait, self._wake)
+                await waiter
+                handle.cancel()
 
-    def _deliver(self, connection: pika.BlockingConnection, channel: BlockingChannel,
-                 batch: list[Delivery]) -> None:
+    async def _deliver(self, channel: Channel, batch: list[Delivery]) -> None:
         self.batches += 1
         self.messages += len(batch)
         payload = json.dumps(build_event(self.event, batch)).encode()
-        future = asyncio.run_coroutine_threadsafe(self._invoke(payload), self._loop)
-        future.add_done_callback(lambda _future: self._wake())
+        # Its own task: a stop or a broker drop must not cancel the invocation under the function.
+        invocation = asyncio.ensure_future(self._invoke(payload))
+        invocation.add_done_callback(_retrieve)
         try:
-            # Keep servicing the connection while the function runs, so that heartbeats flow
-            # and a long invocation does not cost us the broker connection.
-            while not future.done():
-                if self._stopping.is_set():
-                    return  # unacked: closing the connection hands the batch back to the broker
-                connection.process_data_events(time_limit=POLL_SECONDS)
+            await self._until(invocation)
+        except asyncio.CancelledError:
+            raise  # stopping, unacked: closing the connection hands the batch back to the broker
         except Exception:
-            # Lambda runs one batch per RabbitMQ mapping at a time: let this one finish before
-            # reconnecting, or the redelivered batch would run alongside it.
-            self._wait(future)
+            if not invocation.done():
+                # Lambda runs one batch per RabbitMQ mapping at a time: let this one finish before
+                # reconnecting, or the redelivered batch would run alongside it.
+                await asyncio.wait([invocation])
             raise
-        error = self._error_of(future)
+        error = self._error_of(invocation)
         # The batch is always the oldest unsettled deliveries on this channel (later ones sit in
         # `pending` with higher tags), so settling up to its last tag with multiple=True is exact.
         last_tag = batch[-1].method.delivery_tag
@@ -295,14 +377,16 @@ class MqMapping:
             self.last_error = f"batch failed: {error}"
             self._log(f"batch of {len(batch)} failed ({error}); messages requeued")
 
-    def _wait(self, future: concurrent.futures.Future[InvocationOutcome]) -> None:
-        while not future.done() and not self._stopping.is_set():
-            self._stopping.wait(0.1)
-
     @staticmethod
-    def _error_of(future: concurrent.futures.Future[InvocationOutcome]) -> str | None:
-        try:
-            outcome = future.result()
-        except Exception as exc:
+    def _error_of(invocation: asyncio.Future[InvocationOutcome]) -> str | None:
+        exc = invocation.exception()
+        if exc is not None:
             return f"{type(exc).__name__}: {exc}"
+        outcome = invocation.result()
         return None if outcome.ok else (outcome.error_type or "Unhandled")
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark an invocation's exception as seen: it is reported through the batch's outcome."""
+    if not future.cancelled():
+        future.exception()

@@ -14,8 +14,10 @@ nothing else of environments.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import socket
+from collections.abc import Callable
 from typing import Protocol
 
 from localfaas.aws import MAX_RESPONSE_BYTES
@@ -47,6 +49,9 @@ def _error(status: int, error_type: str, message: str) -> bytes:
 _ACCEPTED_RESPONSE = _response(202, _ACCEPTED)
 
 
+NextAnswer = Callable[["Invocation | None"], None]
+
+
 class RuntimeHandler(Protocol):
     """What the Runtime API asks of the execution environment behind it."""
 
@@ -60,8 +65,13 @@ class RuntimeHandler(Protocol):
 
     def current_request_id(self) -> str | None: ...
 
-    async def next_invocation(self) -> Invocation:
-        """The next invocation, when there is one (the runtime's `/next` long-poll)."""
+    def next_invocation(self, answer: NextAnswer) -> None:
+        """The runtime's `/next` long-poll: call `answer` with the next invocation when there is
+        one (at once if one is waiting), or with None if the environment is shutting down."""
+        ...
+
+    def forget_next(self, answer: NextAnswer) -> None:
+        """The connection that asked for `answer` is gone: the next invocation is not for it."""
         ...
 
     def respond(self, body: bytes, content_type: str) -> None: ...
@@ -76,14 +86,28 @@ class RuntimeHandler(Protocol):
 
 
 class _Request:
-    __slots__ = ("body", "headers", "method", "path")
+    __slots__ = ("body", "content_type", "method", "path")
 
-    def __init__(self, method: bytes, path: bytes, headers: dict[bytes, bytes], body: bytes) -> None:
-        self.method, self.path, self.headers, self.body = method, path, headers, body
+    def __init__(self, method: bytes, path: bytes, content_type: bytes | None, body: bytes) -> None:
+        self.method, self.path, self.content_type, self.body = method, path, content_type, body
+
+
+def _header(head: bytes, lowered: bytes, name: bytes) -> bytes | None:
+    """The value of header `name` (lower-case, with CRLF before it and a colon after) in a
+    request head, found in its lower-cased copy (same offsets) and cut from the original: the
+    four headers the API reads cost four searches, not a parse of every header."""
+    start = lowered.find(name)
+    if start < 0:
+        return None
+    start += len(name)
+    stop = head.find(b"\r\n", start)
+    return head[start:stop if stop >= 0 else len(head)].strip()
 
 
 class _Connection(asyncio.Protocol):
-    """One runtime client connection. Requests are answered strictly in order."""
+    """One runtime client connection. Requests are answered strictly in order, and in the
+    callbacks that bring them: no task per request. Only `/next` waits, for an invocation; the
+    requests pipelined behind it wait in `backlog` until it is answered."""
 
     def __init__(self, environment: RuntimeHandler) -> None:
         self.environment = environment
@@ -91,95 +115,117 @@ class _Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.pending: _Request | None = None  # parsed headers, body still arriving
         self.pending_length = 0
-        self.queue: asyncio.Queue[_Request] = asyncio.Queue()
-        self.worker: asyncio.Task[None] | None = None
+        self.waiting = False  # a `/next` is waiting for an invocation
+        self.backlog: collections.deque[_Request] = collections.deque()
+        self.held = b""  # a 202 not written yet: it goes out with the next answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        self.worker = asyncio.get_running_loop().create_task(self._serve())
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.worker is not None:
-            self.worker.cancel()
+        self.transport = None
+        if self.waiting:
+            self.waiting = False
+            self.environment.forget_next(self._answer_next)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        while self._parse_one():
-            pass
+        while (request := self._parse_one()) is not None:
+            if self.waiting or self.backlog:
+                self.backlog.append(request)
+            else:
+                self._dispatch(request)
 
-    def _parse_one(self) -> bool:
+    def _parse_one(self) -> _Request | None:
         if self.pending is None:
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(self.buffer) > _MAX_HEADER_BYTES:
                     self._fail(_error(400, "InvalidRequest", "request headers too large"))
-                return False
-            head = bytes(self.buffer[:end]).split(b"\r\n")
+                return None
+            head = bytes(self.buffer[:end])
             del self.buffer[:end + 4]
             try:
-                method, path, _version = head[0].split(b" ", 2)
+                method, path, _version = head[:head.find(b"\r\n")].split(b" ", 2)
             except ValueError:
                 self._fail(_error(400, "InvalidRequest", "malformed request line"))
-                return False
-            headers = {}
-            for line in head[1:]:
-                name, _, value = line.partition(b":")
-                headers[name.strip().lower()] = value.strip()
-            if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+                return None
+            lowered = head.lower()
+            if b"chunked" in (_header(head, lowered, b"\r\ntransfer-encoding:") or b"").lower():
                 self._fail(_error(400, "InvalidRequest", "chunked bodies are not supported"))
-                return False
-            length = int(headers.get(b"content-length", b"0") or 0)
+                return None
+            try:
+                length = int(_header(head, lowered, b"\r\ncontent-length:") or 0)
+            except ValueError:
+                self._fail(_error(400, "InvalidRequest", "malformed Content-Length"))
+                return None
             # A response somewhat over the limit is read, so that the invocation fails as Lambda's
             # does (Function.ResponseSizeTooLarge); one far over it is refused outright.
             if length > 4 * MAX_RESPONSE_BYTES:
                 self._fail(_error(413, "RequestEntityTooLarge",
                                   f"Exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes)."))
-                return False
-            self.pending = _Request(method, path.split(b"?", 1)[0], headers, b"")
+                return None
+            self.pending = _Request(method, path.split(b"?", 1)[0],
+                                    _header(head, lowered, b"\r\ncontent-type:"), b"")
             self.pending_length = length
-            if headers.get(b"expect", b"").lower() == b"100-continue" and self.transport:
+            if (_header(head, lowered, b"\r\nexpect:") or b"").lower() == b"100-continue" and self.transport:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request, length = self.pending, self.pending_length
         if len(self.buffer) < length:
-            return False
+            return None
         request.body = bytes(self.buffer[:length])
         del self.buffer[:length]
         self.pending = None
-        self.queue.put_nowait(request)
-        return True
+        return request
 
     def _fail(self, response: bytes) -> None:
+        self.buffer.clear()
+        self.pending = None
         if self.transport is not None:
-            self.transport.write(response)
+            self.transport.write(self.held + response)
+            self.held = b""
             self.transport.close()
 
-    async def _serve(self) -> None:
-        while True:
-            request = await self.queue.get()
-            try:
-                response = await self._handle(request)
-            except asyncio.CancelledError:
-                if self.transport is not None and not self.transport.is_closing():
-                    self.transport.write(_error(500, "Runtime.Unknown", "environment is shutting down"))
-                raise
-            if self.transport is None or self.transport.is_closing():
-                return
-            self.transport.write(response)
+    def _write(self, response: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if response is _ACCEPTED_RESPONSE and (self.backlog or self.buffer):
+            # A client that pipelined its next request (the lean client sends `/next` with its
+            # result) reads this 202 only on its way to that request's answer: written with it,
+            # the environment wakes once per invocation, not twice. Answers stay in order.
+            self.held += response
+            return
+        if self.held:
+            response, self.held = self.held + response, b""
+        self.transport.write(response)
 
-    async def _handle(self, request: _Request) -> bytes:
-        environment = self.environment
-        path, method = request.path, request.method
-        if path == _NEXT and method == b"GET":
-            invocation = await environment.next_invocation()
+    def _dispatch(self, request: _Request) -> None:
+        if request.path == _NEXT and request.method == b"GET":
+            self.waiting = True
+            self.environment.next_invocation(self._answer_next)  # may answer at once
+        else:
+            self._write(self._handle(request))
+
+    def _answer_next(self, invocation: Invocation | None) -> None:
+        self.waiting = False
+        if invocation is None:
+            self._write(_error(500, "Runtime.Unknown", "environment is shutting down"))
+        else:
             headers = {
                 "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
                 "Lambda-Runtime-Deadline-Ms": str(invocation.deadline_ms),
-                "Lambda-Runtime-Invoked-Function-Arn": environment.function_arn,
+                "Lambda-Runtime-Invoked-Function-Arn": self.environment.function_arn,
                 "Lambda-Runtime-Trace-Id": invocation.trace_id,
             }
             if invocation.client_context:
                 headers["Lambda-Runtime-Client-Context"] = invocation.client_context
-            return _response(200, invocation.payload, headers, invocation.content_type)
+            self._write(_response(200, invocation.payload, headers, invocation.content_type))
+        while self.backlog and not self.waiting and self.transport is not None:
+            self._dispatch(self.backlog.popleft())
+
+    def _handle(self, request: _Request) -> bytes:
+        environment = self.environment
+        path, method = request.path, request.method
         if path.startswith(_INVOCATION) and method == b"POST":
             request_id, _, action = path[len(_INVOCATION):].decode("latin-1").partition("/")
             refusal = self._refusal(request_id)
@@ -190,7 +236,7 @@ class _Connection(asyncio.Protocol):
                     environment.reject_oversized_response()
                     return _error(413, "RequestEntityTooLarge",
                                   f"Exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes).")
-                content_type = request.headers.get(b"content-type", b"application/json").decode("latin-1")
+                content_type = (request.content_type or b"application/json").decode("latin-1")
                 environment.respond(request.body, content_type)
                 return _ACCEPTED_RESPONSE
             if action == "error":

@@ -27,20 +27,22 @@ def function_url_handler(app: Any) -> Handler:
     """A Lambda handler that accepts function-URL (2.0) events for the Chalice `app`.
     A 1.0 event (API Gateway REST, `chalice local`-style tests) is passed through unchanged."""
 
+    routes = RouteTable(app.routes)
+
     def handler(event: Event, context: Any) -> Event:
         if event.get("version") != "2.0":
             return app(event, context)
         method = event["requestContext"]["http"]["method"].upper()
         path = event.get("rawPath") or event["requestContext"]["http"].get("path") or "/"
-        matched = match_route(app.routes, path)
+        matched = routes.match(path)
         if matched is None:
             return _error(404, "not_found", f"no route for {path}", {"path": path})
         template, params = matched
         methods = app.routes[template]
         if method not in methods:
-            allowed = ", ".join(sorted(methods))
+            allowed = sorted(methods)
             return _error(405, "method_not_allowed", f"{method} is not allowed on {template}",
-                          {"allowed": sorted(methods)}, {"Allow": allowed})
+                          {"allowed": allowed}, {"Allow": ", ".join(allowed)})
         return to_v2_response(app(to_v1_event(event, template, params), context))
 
     return handler
@@ -58,32 +60,72 @@ _PARAM = re.compile(r"^\{([^{}]+?)(\+?)\}$")
 def match_route(routes: Mapping[str, Any], path: str) -> tuple[str, dict[str, str]] | None:
     """The most specific route template matching `path`, with its (URL-decoded) parameters.
     Literal segments win over parameters, as in API Gateway: /results/stats beats /results/{id}."""
-    parts = _segments(path)
-    best: tuple[tuple[int, ...], str, dict[str, str]] | None = None
-    for template in routes:
-        params = _match(_segments(template), parts)
-        if params is None:
-            continue
-        rank = tuple(1 if _PARAM.match(s) else 0 for s in _segments(template))
-        if best is None or rank < best[0]:
-            best = (rank, template, params)
-    return None if best is None else (best[1], best[2])
+    return RouteTable(routes).match(path)
 
 
-def _match(template: list[str], parts: list[str]) -> dict[str, str] | None:
+class RouteTable:
+    """match_route's answers without re-reading every template per request: the templates are
+    parsed once (no regex per request) and ranked most specific first, and the candidates for a
+    path's segment count are kept, so a request tries only those, in order, and the first that
+    matches wins. Recompiled when the app's route table changes size (a route added later)."""
+
+    def __init__(self, routes: Mapping[str, Any]) -> None:
+        self._routes = routes
+        self._size = -1
+        self._ranked: list[tuple[str, list[_Segment]]] = []
+        self._by_count: dict[int, list[tuple[str, list[_Segment]]]] = {}
+
+    def match(self, path: str) -> tuple[str, dict[str, str]] | None:
+        if len(self._routes) != self._size:
+            self._compile()
+        parts = _segments(path)
+        candidates = self._by_count.get(len(parts))
+        if candidates is None:
+            candidates = self._by_count[len(parts)] = [
+                (template, segments) for template, segments in self._ranked
+                if len(segments) == len(parts) or any(kind == _PROXY for kind, _ in segments)]
+        for template, segments in candidates:
+            params = _match(segments, parts)
+            if params is not None:
+                return template, params
+        return None
+
+    def _compile(self) -> None:
+        ranked = []
+        for template in self._routes:
+            segments = [_parse_segment(s) for s in _segments(template)]
+            ranked.append((tuple(0 if kind == _LITERAL else 1 for kind, _ in segments), template, segments))
+        # sorted() is stable: among equally specific templates the first declared wins.
+        ranked.sort(key=lambda entry: entry[0])
+        self._ranked = [(template, segments) for _, template, segments in ranked]
+        self._by_count = {}
+        self._size = len(self._routes)
+
+
+_LITERAL, _PARAMETER, _PROXY = 0, 1, 2
+_Segment = tuple[int, str]  # (kind, the literal text or the parameter's name)
+
+
+def _parse_segment(segment: str) -> _Segment:
+    param = _PARAM.match(segment)
+    if param is None:
+        return _LITERAL, segment
+    return (_PROXY if param.group(2) else _PARAMETER), param.group(1)
+
+
+def _match(template: list[_Segment], parts: list[str]) -> dict[str, str] | None:
     params: dict[str, str] = {}
-    for index, segment in enumerate(template):
-        param = _PARAM.match(segment)
-        if param and param.group(2):  # {proxy+}: the rest of the path, at least one segment
+    for index, (kind, value) in enumerate(template):
+        if kind == _PROXY:  # {proxy+}: the rest of the path, at least one segment
             if index >= len(parts):
                 return None
-            params[param.group(1)] = unquote("/".join(parts[index:]))
+            params[value] = unquote("/".join(parts[index:]))
             return params
         if index >= len(parts):
             return None
-        if param:
-            params[param.group(1)] = unquote(parts[index])
-        elif unquote(parts[index]) != segment:
+        if kind == _PARAMETER:
+            params[value] = unquote(parts[index])
+        elif unquote(parts[index]) != value:
             return None
     return params if len(parts) == len(template) else None
 

@@ -4,20 +4,28 @@ the library's exceptions into HTTP answers, so that views stay a few lines each.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from chalice import Response
+from chalice.app import handle_extra_types
 
 from taskcore.errors import Unavailable, ValidationError, error_body, status_for
 
 log = logging.getLogger("taskcore.http")
 
 
+# Chalice's own encoding of a view's body (Response.to_dict: json.dumps with these arguments), built
+# once: json.dumps with arguments builds a new encoder for every call. The body handed to Chalice is
+# then a string, which it passes through as it is, so the bytes sent are the same.
+_encode = json.JSONEncoder(separators=(",", ":"), default=handle_extra_types).encode
+
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(body=body, status_code=status,
+    return Response(body=_encode(body), status_code=status,
                     headers={"Content-Type": "application/json", **(headers or {})})
 
 

@@ -13,13 +13,13 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import urllib3
+from urllib.parse import urlsplit
 
 from taskcore.errors import Unavailable
+from taskcore.httpclient import Client, TransportError
 from taskcore.messages import TaskSpec, validate_task
 from taskcore.settings import Settings
-from taskcore.signing import Signer
+from taskcore.signing import Signer, host_header
 
 MAX_GENERATE = 10_000
 
@@ -70,19 +70,24 @@ def submission_body(specs: Sequence[TaskSpec]) -> bytes:
 
 
 class SupervisorClient:
-    """POSTs to the supervisor's function URL over a pooled keep-alive connection, created once
-    per execution environment, signed with the environment's credentials (the URL's auth type is
-    AWS_IAM). Any transport failure, refusal of our signature or 5xx becomes Unavailable (-> 503)."""
+    """POSTs to the supervisor's function URL over a keep-alive connection (taskcore/httpclient.py),
+    created once per execution environment, signed with the environment's credentials (the URL's
+    auth type is AWS_IAM). Any transport failure, refusal of our signature or 5xx becomes
+    Unavailable (-> 503). A submission is sent at most once whole: one the supervisor may have
+    admitted is never sent again behind the caller's back (httpclient says when it re-sends)."""
+
+    CONNECT_TIMEOUT = 2.0
 
     def __init__(self, settings: Settings, signer: Signer | None = None) -> None:
         if not settings.supervisor_url:
             raise Unavailable("SUPERVISOR_URL is not set")
         self.base_url = settings.supervisor_url.rstrip("/") + "/"
         self._signer = signer or Signer.from_env()
-        self._pool = urllib3.PoolManager(
-            num_pools=2, maxsize=8, retries=False,
-            timeout=urllib3.Timeout(connect=2.0, read=settings.supervisor_timeout),
-        )
+        self._http = Client(self.base_url, self.CONNECT_TIMEOUT, settings.supervisor_timeout)
+        self._supervise_url = self.base_url + "supervise"
+        self._supervise_target = urlsplit(self._supervise_url).path
+        # What is signed is what is sent: the Host header too.
+        self._headers = {"Host": host_header(self._supervise_url), "Content-Type": "application/json"}
 
     def result_url(self, task_id: str) -> str:
         return f"{self.base_url}results/{task_id}"
@@ -97,15 +102,15 @@ class SupervisorClient:
 
     def supervise(self, body: bytes) -> SupervisorReply:
         """POST /supervise with `body` as it is, signed."""
-        url, headers = self.base_url + "supervise", {"Content-Type": "application/json"}
+        headers = self._headers
         if self._signer is not None:
-            headers = self._signer.headers("POST", url, body, headers)
+            headers = self._signer.headers("POST", self._supervise_url, body, headers)
         try:
-            response = self._pool.request("POST", url, body=body, headers=headers)
-        except urllib3.exceptions.HTTPError as error:
+            response = self._http.request("POST", self._supervise_target, headers, body)
+        except TransportError as error:
             raise Unavailable("the supervisor is unreachable", {"reason": str(error)}) from error
         try:
-            reply = json.loads(response.data or b"{}")
+            reply = json.loads(response.body or b"{}")
         except ValueError:
             reply = {}
         if response.status in (401, 403):

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 import redis
@@ -118,39 +119,66 @@ class TaskStorage(Protocol):
         ...
 
 
-class TaskStore:
-    """TaskStorage on Redis. One per process and namespace: `TaskStore.for_settings(settings)`."""
+def _registered(source: str) -> cached_property[Any]:
+    """A script of scripts.py registered on the store's client at its first call."""
+    return cached_property(lambda self: self.redis.register_script(source))
 
-    _clients: dict[str, redis.Redis] = {}
+
+class TaskStore:
+    """TaskStorage on Redis. One per process and namespace: `TaskStore.for_settings(settings)`.
+
+    `single_threaded=True` (the functions: one invocation per environment at a time) gives the store
+    a single-connection client; any other store is safe to share between threads (workers, tests)."""
+
+    _clients: dict[tuple[str, bool], redis.Redis] = {}
     _clients_lock = threading.Lock()
 
-    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis | None = None, *,
+                 single_threaded: bool = False) -> None:
         self.settings = settings
         self.keys = Keys(settings.namespace)
-        self.redis = client or self.client_for(settings)
-        self._admit = self.redis.register_script(scripts.ADMIT)
-        self._undo = self.redis.register_script(scripts.UNDO_ADMIT)
-        self._complete = self.redis.register_script(scripts.COMPLETE)
-        self._mark_running = self.redis.register_script(scripts.MARK_RUNNING)
-        self._reap = self.redis.register_script(scripts.REAP_WORKERS)
-        self._reassign = self.redis.register_script(scripts.REASSIGN)
-        self._get_many = self.redis.register_script(scripts.GET_MANY)
+        self._client = client
+        self._single_threaded = single_threaded
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        # Made at first use: a single-connection client connects as it is made, and a function's
+        # cold start must not fail on a Redis that is down (its invocation reports that instead).
+        return self._client or self.client_for(self.settings, self._single_threaded)
+
+    _admit = _registered(scripts.ADMIT)
+    _undo = _registered(scripts.UNDO_ADMIT)
+    _complete = _registered(scripts.COMPLETE)
+    _mark_running = _registered(scripts.MARK_RUNNING)
+    _reap = _registered(scripts.REAP_WORKERS)
+    _reassign = _registered(scripts.REASSIGN)
+    _get_many = _registered(scripts.GET_MANY)
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> TaskStore:
-        return cls(settings, cls.client_for(settings))
+    def for_settings(cls, settings: Settings, single_threaded: bool = False) -> TaskStore:
+        return cls(settings, single_threaded=single_threaded)
 
     @classmethod
-    def client_for(cls, settings: Settings) -> redis.Redis:
-        """One pooled client per Redis URL and process: Lambda environments and workers reuse it."""
+    def client_for(cls, settings: Settings, single_threaded: bool = False) -> redis.Redis:
+        """One client per Redis URL and kind per process: Lambda environments and workers reuse it.
+
+        A pooled client takes a connection from its pool, checks it for unread data and gives it
+        back at every command; a single-connection client keeps one behind a lock: measured with
+        bench/redis_client_cost.py (redis-py 8.1, hiredis), 60-120 us of client CPU per command
+        instead of 105-160 us (docs/taskcore.md). But its lock is held through a blocking BLMOVE
+        (a long-poll slice of up to _WAIT_SLICE), so only a store used by one thread at a time may
+        have one.
+        health_check_interval costs a clock read per command (a PING only after 30 s idle)."""
+        key = (settings.redis_url, single_threaded)
         with cls._clients_lock:
-            client = cls._clients.get(settings.redis_url)
+            client = cls._clients.get(key)
             if client is None:
                 client = redis.Redis.from_url(
                     settings.redis_url, socket_connect_timeout=settings.redis_timeout,
                     # Long-poll slices block up to _WAIT_SLICE; reads must outlast them.
-                    socket_timeout=settings.redis_timeout + _WAIT_SLICE, health_check_interval=30)
-                cls._clients[settings.redis_url] = client
+                    socket_timeout=settings.redis_timeout + _WAIT_SLICE, health_check_interval=30,
+                    single_connection_client=single_threaded)
+                cls._clients[key] = client
             return client
 
     # Admission ----------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Producer: hands submissions to the supervisor, which validates them and assigns their ids, and
 logs what it admitted.
 
-It parses no submission itself (taskcore/producer.py says why), so it loads neither pika nor redis."""
+It parses no submission itself (taskcore/producer.py says why), so it loads neither pika nor redis;
+it signs and sends with taskcore's own signer and HTTP client (docs/taskcore.md, "The producer's
+calls"), so neither botocore nor urllib3 is loaded at its cold start."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from taskcore.settings import Settings
 app = Chalice(app_name="producer")
 
 settings = Settings.from_env()
-supervisor = SupervisorClient(settings)  # one pooled keep-alive connection per environment
+supervisor = SupervisorClient(settings)  # a keep-alive connection kept for the environment's life
 
 
 @app.route("/produce", methods=["POST"], content_types=["application/json"])

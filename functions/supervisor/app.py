@@ -22,7 +22,9 @@ app.log.setLevel(logging.INFO)
 
 # Opened once per execution environment and reused by every invocation it serves.
 settings = Settings.from_env()
-store = TaskStore.for_settings(settings)
+# single_threaded: an environment serves one invocation at a time, so the store may keep one
+# connection instead of going through a pool at every command (TaskStore.client_for says what it saves).
+store = TaskStore.for_settings(settings, single_threaded=True)
 broker = AmqpBroker(settings)
 
 MAX_WAIT_SECONDS = 20.0  # below the function's 30 s timeout, so a long-poll answers in time

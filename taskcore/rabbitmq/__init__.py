@@ -4,12 +4,16 @@
                Consumer (a worker's consume/ack/publish), QueueReader, Delivery, OutgoingMessage,
                Verdict, and the errors: BrokerError, BrokerUnavailable, QueueNotFound, PublishError
     topology   the namespace's exchanges, queues and bindings as data, retry delay queues included
-    amqp       AmqpBroker / AmqpConsumer: the real thing, through pika (the only importer of pika)
+    amqp       AmqpBroker: the real thing for the functions (publishing with confirms, the topology,
+               the janitor's reads), through py-amqp (the only importer of `amqp`)
+    pika_consumer  AmqpConsumer: the worker's side of the real thing, through pika (the only
+               importer of pika), opened by AmqpBroker.open_consumer
     memory     MemoryBroker / MemoryConsumer: the same interface in memory, for fast unit tests,
                clients of memory_server's MemoryServer (an in-memory RabbitMQ)
 
-Importing this package (its interface) imports no pika; take the implementation from its module:
-`from taskcore.rabbitmq.amqp import AmqpBroker`.
+Importing this package (its interface) imports neither client library; take the implementation from
+its module: `from taskcore.rabbitmq.amqp import AmqpBroker` (which loads pika only when a consumer is
+opened). Why two libraries: docs/taskcore.md, Broker.
 """
 
 from taskcore.rabbitmq.interface import (

@@ -1,28 +1,35 @@
-"""The Broker and Consumer on RabbitMQ, through pika: the only module of taskcore and the worker
-fleet that imports pika (localfaas has its own, being a separate layer). Every pika exception is
-turned into the project's own here (BrokerUnavailable, QueueNotFound, PublishError).
+"""AmqpBroker: the functions' side of RabbitMQ (publishing with confirms, the topology, the janitor's
+queue operations), through py-amqp (`amqp`, Celery's client): the only module that imports it. The
+worker's Consumer is pika_consumer.py's, on pika. Every py-amqp exception is turned into the
+project's own here (BrokerUnavailable, QueueNotFound, PublishError).
 
-Batched confirms: pika's BlockingChannel in confirm mode waits for each publish's confirm, which caps
-a channel at about one round trip per message. ConfirmingChannel instead puts the channel in confirm
-mode itself and publishes a whole batch on the underlying channel, then waits once until every
-delivery tag is acked or nacked (~5,700 msg/s vs ~440 with per-message confirms into a quorum
-queue). No public API of pika 1.x does that, so it uses three of its internals, each marked where
-used: `BlockingChannel._impl` (the asynchronous channel beneath), `BlockingChannel._flush_output`
-(wait until a condition holds, processing I/O) and `_IoloopTimerContext` (a deadline for that
-wait). The worker's acks use `_impl` too (no blocking flush per ack). pika is pinned below 2.
+Why py-amqp here: a function publishes a few messages per invocation and waits for their confirms,
+and the CPU of that wait is the library's Python. Measured in one process (/work/prof/parts.py,
+`publish_tasks` of one task): ~0.3 ms per confirmed publish here where pika's BlockingConnection, driven
+through its internals as the consumer still is, took ~1 ms (docs/taskcore.md, Broker). py-amqp is a
+plain blocking client: a publish is one write, and a wait reads frames off the socket and runs the
+channel's listeners, with no ioloop, timers or callback queues in between.
+
+Batched confirms with its public API: the channel is put in confirm mode once, every message of a
+batch is published (delivery tags count from 1 per channel), then the connection's frames are read
+until every tag was acked or nacked (`multiple` covers every tag up to it) or the broker timeout
+passes. A mandatory message that no queue takes comes back as basic.return before its ack, and is
+reported UNROUTABLE.
 """
 
 from __future__ import annotations
 
 import contextlib
+import select
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, unquote, urlsplit
 
-import pika
-import pika.exceptions
-import pika.spec
-from pika.adapters.blocking_connection import BlockingChannel, _IoloopTimerContext
+import amqp
+import amqp.exceptions
+from amqp.method_framing import frame_writer
 
 from taskcore.rabbitmq.interface import (
     Broker,
@@ -40,101 +47,194 @@ from taskcore.rabbitmq.interface import (
 from taskcore.rabbitmq.topology import Topology
 from taskcore.settings import Settings
 
+if TYPE_CHECKING:
+    from amqp.basic_message import Message
+
 NOT_FOUND = 404
-# What a lost or refused connection or channel raises (socket errors surface as OSError in places).
-PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
+PERSISTENT = 2
+# Proposed to the broker, which takes the lower of its own and ours (RabbitMQ's default is 60 s);
+# `?heartbeat=` in the URL overrides it, as for pika and localfaas.mq.
+HEARTBEAT_SECONDS = 60
+# What a lost or refused connection or channel raises: py-amqp's errors, and the socket's own
+# (OSError, timeouts included), which it lets through.
+AMQP_ERRORS = (amqp.exceptions.AMQPError, OSError)
 
 
-def connection_parameters(url: str, timeout: float) -> pika.URLParameters:
-    params = pika.URLParameters(url)
-    params.connection_attempts = 1
-    params.socket_timeout = timeout
-    params.stack_timeout = timeout
-    # A broker under a memory/disk alarm blocks publishers; fail instead of hanging the caller.
-    params.blocked_connection_timeout = timeout
-    return params
+def connect(url: str, timeout: float) -> amqp.Connection:
+    """An open connection to `url` (amqp://user:password@host:port/vhost?heartbeat=s). Every read
+    and write of it gives up after `timeout`: a broker that stops answering (or blocks publishers
+    under a memory alarm) fails the caller instead of hanging it."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    heartbeat = int(float(parse_qs(parts.query).get("heartbeat", [HEARTBEAT_SECONDS])[0]))
+    connection = amqp.Connection(
+        host=f"{host}:{port}", userid=unquote(parts.username or "guest"),
+        password=unquote(parts.password or "guest"),
+        virtual_host=unquote(parts.path[1:]) if len(parts.path) > 1 else "/",
+        ssl=parts.scheme == "amqps", heartbeat=heartbeat,
+        connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout)
+    # Not negotiated: with it, py-amqp reads the socket (a non-blocking drain) before every publish
+    # to learn of a block; a blocked connection shows as confirms that do not come within the timeout.
+    connection.negotiate_capabilities = {**connection.negotiate_capabilities, "connection.blocked": False}
+    connection.connect()
+    return connection
 
 
 @contextlib.contextmanager
 def translated(queue: str | None = None) -> Iterator[None]:
-    """pika's exceptions as the project's: a 404 on `queue` is QueueNotFound, another refusal of
+    """py-amqp's exceptions as the project's: a 404 on `queue` is QueueNotFound, another refusal of
     the broker on a channel a BrokerError, anything else BrokerUnavailable."""
     try:
         yield
-    except pika.exceptions.ChannelClosedByBroker as error:
+    except amqp.exceptions.ChannelError as error:
         if queue is not None and error.reply_code == NOT_FOUND:
             raise QueueNotFound(queue) from error
         raise BrokerError(f"the broker closed the channel: {error.reply_code} {error.reply_text}") from error
-    except PIKA_ERRORS as error:
+    except AMQP_ERRORS as error:
         raise BrokerUnavailable(f"broker unavailable: {error!r}") from error
 
 
-def declare_on(channel: BlockingChannel, topology: Topology) -> None:
-    """Declares a topology (idempotent) on a pika channel."""
+def declare_on(channel: amqp.Channel, topology: Topology) -> None:
+    """Declares a topology (idempotent) on a channel."""
     for exchange in topology.exchanges:
-        channel.exchange_declare(exchange, "direct", durable=True)
+        channel.exchange_declare(exchange, "direct", durable=True, auto_delete=False)
     for queue in topology.queues:
-        channel.queue_declare(queue.name, durable=True, arguments=queue.arguments or None)
+        channel.queue_declare(queue.name, durable=True, auto_delete=False, arguments=queue.arguments or None)
         for exchange, routing_key in queue.bindings:
             channel.queue_bind(queue.name, exchange, routing_key)
 
 
-class ConfirmingChannel:
-    """A channel in confirm mode that publishes a batch and then waits once for all confirms."""
+def open_channel(connection: amqp.Connection) -> amqp.Channel:
+    # auto_decode off: bodies stay the bytes that were published, whatever content_encoding says.
+    channel = amqp.Channel(connection, auto_decode=False)
+    channel.open()
+    return channel
 
-    def __init__(self, connection: pika.BlockingConnection) -> None:
-        self.connection = connection
-        self.channel = connection.channel()
+
+class Frames:
+    """Stands in for the transport of a frame writer: keeps what it is given, to go out in one write.
+    (The writer hands over a view of a buffer it reuses: copied.)"""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.chunks.append(bytes(data))
+
+    def take(self) -> bytes:
+        data, self.chunks = b"".join(self.chunks), []
+        return data
+
+
+class Link:
+    """One connection, with a channel in confirm mode for publishing and, made when first needed, a
+    channel for declarations and inspection (a 404 closes a channel: py-amqp reopens it)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.connection = connect(url, timeout)
+        try:
+            self.confirms = open_channel(self.connection)
+            # nowait: no Select-Ok to wait for; a refusal would close the channel, seen at the next wait.
+            self.confirms.confirm_select(nowait=True)
+        except BaseException:
+            self.close()
+            raise
+        self.confirms.events["basic_ack"].add(self._on_ack)
+        self.confirms.events["basic_nack"].add(self._on_nack)
+        self.confirms.events["basic_return"].add(self._on_return)
+        self._side: amqp.Channel | None = None
+        # A batch's frames go out in one write: py-amqp writes each message at once, and every write
+        # on loopback wakes the broker (a batch of 100 cost ~40% more CPU per message than pika's,
+        # which buffers). Its own frame writer, over a Frames, set on the connection for the batch.
+        self._frames = Frames()
+        self._batch_writer = frame_writer(self.connection, self._frames)
+        self._readable = select.poll()
+        self._readable.register(self.connection.sock, select.POLLIN)
         self._next_tag = 1
         self._pending: dict[int, int] = {}  # delivery tag -> index in the batch
         self._outcome: list[Verdict | None] = []
         self._returned: set[str | None] = set()
-        selected: list[bool] = []
-        # pika internal: BlockingChannel.confirm_delivery would make every publish wait for its own
-        # confirm; the impl channel's takes callbacks, so confirms are only collected.
-        impl = self.channel._impl
-        impl.confirm_delivery(ack_nack_callback=self._on_confirm,
-                              callback=lambda _frame: selected.append(True))
-        impl.add_on_return_callback(self._on_return)
-        # pika internal: waits (processing I/O) for Confirm.SelectOk, as the public calls do inside.
-        self.channel._flush_output(lambda: bool(selected))
 
-    def _on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        verdict = Verdict.OK if isinstance(method, pika.spec.Basic.Ack) else Verdict.NACK
-        tags = [t for t in self._pending if t <= method.delivery_tag] if method.multiple \
-            else [method.delivery_tag]
-        for tag in tags:
-            index = self._pending.pop(tag, None)
+    def usable(self) -> bool:
+        """Reads whatever the broker sent while we were idle (heartbeats, or a close, which shows here
+        before any message is written to a dead socket), sends a heartbeat if one is due; False if the
+        connection is gone, or nothing came from the broker for two heartbeat intervals."""
+        if not (self.connection.connected and self.confirms.is_open):
+            return False
+        try:
+            while self._readable.poll(0):
+                try:
+                    self.connection.drain_events(timeout=0)
+                except TimeoutError:  # a heartbeat frame: nothing else was there
+                    break
+            self.connection.heartbeat_tick()
+        except AMQP_ERRORS:
+            return False
+        return self.confirms.is_open
+
+    def side(self) -> amqp.Channel:
+        if self._side is None or not self._side.is_open:
+            self._side = open_channel(self.connection)
+        return self._side
+
+    def _settle(self, tag: int, multiple: bool, verdict: Verdict) -> None:
+        tags = [t for t in self._pending if t <= tag] if multiple else [tag]
+        for settled in tags:
+            index = self._pending.pop(settled, None)
             if index is not None:
                 self._outcome[index] = verdict
 
-    def _on_return(self, _channel: Any, _method: Any, properties: pika.BasicProperties, _body: bytes) -> None:
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        self._settle(tag, multiple, Verdict.OK)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        self._settle(tag, multiple, Verdict.NACK)
+
+    def _on_return(self, _error: Exception, _exchange: str, _routing_key: str, message: Message) -> None:
         # The broker sends basic.return before the ack of the same message.
-        self._returned.add(properties.message_id)
+        self._returned.add(message.properties.get("message_id"))
 
     def publish(self, exchange: str, messages: Sequence[OutgoingMessage], todo: Iterable[int],
                 outcome: list[Verdict | None], timeout: float) -> None:
-        """Publishes messages[i] for i in todo; fills outcome[i] with a Verdict. Raises pika's
-        AMQPConnectionError when not every confirm came within `timeout`."""
+        """Publishes messages[i] for i in todo; fills outcome[i] with a Verdict. Raises TimeoutError
+        when not every confirm came within `timeout`."""
         todo = list(todo)
         self._outcome, self._returned, self._pending = outcome, set(), {}
-        impl = self.channel._impl  # pika internal: publishes without waiting (see the module doc)
-        for index in todo:
-            routing_key, body, message_id = messages[index]
-            properties = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent,
-                                              content_type="application/json", message_id=message_id)
-            impl.basic_publish(exchange, routing_key, body, properties, mandatory=True)
-            self._pending[self._next_tag] = index
-            self._next_tag += 1
-        # pika internals: one wait for every confirm of the batch, bounded by a timer on the ioloop.
-        with _IoloopTimerContext(timeout, self.connection._impl) as timer:
-            self.channel._flush_output(lambda: not self._pending, timer.is_ready)
-        if self._pending:
-            raise pika.exceptions.AMQPConnectionError(f"no confirm within {timeout} s")
+        publish, connection = self.confirms.basic_publish, self.connection
+        direct = connection.frame_writer
+        if len(todo) > 1:
+            connection.frame_writer = self._batch_writer
+        try:
+            for index in todo:
+                routing_key, body, message_id = messages[index]
+                message = amqp.Message(body, delivery_mode=PERSISTENT, content_type="application/json",
+                                       message_id=message_id)
+                publish(message, exchange=exchange, routing_key=routing_key, mandatory=True)
+                self._pending[self._next_tag] = index
+                self._next_tag += 1
+        finally:
+            connection.frame_writer = direct
+            batch = self._frames.take()  # and nothing of a failed batch left for the next one
+        if batch:
+            connection.transport.write(batch)
+        deadline = time.monotonic() + timeout
+        while self._pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no confirm within {timeout} s")
+            self.connection.drain_events(timeout=remaining)
         for index in todo:
             if outcome[index] is Verdict.OK and messages[index].message_id in self._returned:
                 outcome[index] = Verdict.UNROUTABLE
+
+    def close(self) -> None:
+        connection = self.connection
+        with contextlib.suppress(*AMQP_ERRORS):
+            if connection.connected:
+                connection.close()
+        connection.collect()  # the socket, whatever close managed
 
 
 class AmqpBroker(Broker):
@@ -144,14 +244,13 @@ class AmqpBroker(Broker):
 
     A message that was sent but not confirmed before a connection loss is published again on the
     new connection, so delivery is at least once; consumers are idempotent (COMPLETE, MARK_RUNNING).
-    Thread-safe by a lock: pika connections are not.
+    Thread-safe by a lock: py-amqp connections are not.
     """
 
     def __init__(self, settings: Settings, url: str | None = None) -> None:
         super().__init__(settings)
         self.url = url or settings.rabbitmq_url
-        self._confirming: ConfirmingChannel | None = None
-        self._side: BlockingChannel | None = None  # declarations, passive declares, unbind, delete
+        self._link: Link | None = None
         self._lock = threading.RLock()
 
     def publish(self, exchange: str, messages: Sequence[OutgoingMessage]) -> None:
@@ -165,7 +264,7 @@ class AmqpBroker(Broker):
                 try:
                     self._open().publish(exchange, messages, todo, outcome, self.settings.broker_timeout)
                     break
-                except (*PIKA_ERRORS, BrokerError) as error:
+                except (*AMQP_ERRORS, BrokerError) as error:
                     self.close()
                     if attempt == 2:
                         unconfirmed = [i for i, verdict in enumerate(outcome) if verdict is None]
@@ -179,81 +278,81 @@ class AmqpBroker(Broker):
                 nacked=nacked, unroutable=unroutable)
 
     def declare(self, worker_ids: Iterable[str] = ()) -> None:
-        with self._lock, translated():
-            declare_on(self._side_channel(), self.topology(worker_ids))
+        with self._using() as link:
+            declare_on(link.side(), self.topology(worker_ids))
 
     def queue_state(self, queue: str) -> QueueState:
-        with self._lock, translated(queue):
-            method = self._side_channel().queue_declare(queue, passive=True).method
-            return QueueState(method.message_count, method.consumer_count)
+        with self._using(queue) as link:
+            _name, messages, consumers = link.side().queue_declare(queue, passive=True)
+            return QueueState(messages, consumers)
 
     def unbind(self, queue: str, exchange: str, routing_key: str) -> None:
-        with self._lock, translated():
-            self._side_channel().queue_unbind(queue, exchange, routing_key)
+        with self._using() as link:
+            link.side().queue_unbind(queue, exchange, routing_key)
 
     def delete_queue(self, queue: str) -> None:
-        with self._lock, translated():
-            self._side_channel().queue_delete(queue)
+        with self._using() as link:
+            link.side().queue_delete(queue)
 
     @contextlib.contextmanager
     def reader(self, queue: str) -> Iterator[QueueReader]:
-        with self._lock, translated():
-            channel = self._open().connection.channel()
+        with self._using() as link:
+            channel = open_channel(link.connection)
         try:
             yield _AmqpReader(channel, queue, self._lock)
         finally:
-            with self._lock, contextlib.suppress(*PIKA_ERRORS):
-                if channel.is_open:
-                    channel.close()
+            with self._lock, contextlib.suppress(*AMQP_ERRORS):
+                channel.close()  # what it got and did not ack goes back to the queue
 
     def open_consumer(self, name: str) -> Consumer:
-        return AmqpConsumer(self, name)
+        # Imported here: the functions never consume, and pika stays out of their cold start.
+        from taskcore.rabbitmq.pika_consumer import AmqpConsumer
+
+        return AmqpConsumer(self, self.url, name)
 
     def close(self) -> None:
         with self._lock:
-            confirming, self._confirming, self._side = self._confirming, None, None
-            if confirming is not None and confirming.connection.is_open:
-                with contextlib.suppress(*PIKA_ERRORS):
-                    confirming.connection.close()
+            link, self._link = self._link, None
+            if link is not None:
+                link.close()
 
-    def _side_channel(self) -> BlockingChannel:
-        """The channel for declarations and inspection, on the current connection; a 404 closes it,
-        and the next call opens another."""
-        connection = self._open().connection
-        if self._side is None or not self._side.is_open or self._side.connection is not connection:
-            self._side = connection.channel()
-        return self._side
-
-    def _open(self) -> ConfirmingChannel:
-        confirming = self._confirming
-        if confirming is not None and confirming.connection.is_open and confirming.channel.is_open:
+    @contextlib.contextmanager
+    def _using(self, queue: str | None = None) -> Iterator[Link]:
+        """The lock and the open link; errors translated, and a lost connection dropped, so that
+        the next call opens another."""
+        with self._lock:
             try:
-                # Reads whatever the broker sent while we were idle: a close shows up here, before
-                # any message is written to a dead socket.
-                confirming.connection.process_data_events(0)
-                return confirming
-            except PIKA_ERRORS:
-                pass
+                with translated(queue):
+                    yield self._open()
+            except BrokerUnavailable:
+                self.close()
+                raise
+
+    def _open(self) -> Link:
+        link = self._link
+        if link is not None and link.usable():
+            return link
         self.close()
         with translated():
-            params = connection_parameters(self.url, self.settings.broker_timeout)
-            self._confirming = ConfirmingChannel(pika.BlockingConnection(params))
-        return self._confirming
+            self._link = Link(self.url, self.settings.broker_timeout)
+        return self._link
 
 
 class _AmqpReader(QueueReader):
-    def __init__(self, channel: BlockingChannel, queue: str, lock: threading.RLock) -> None:
+    def __init__(self, channel: amqp.Channel, queue: str, lock: threading.RLock) -> None:
         self._channel = channel
         self._queue = queue
         self._lock = lock
 
     def get(self) -> Delivery | None:
         with self._lock, translated(self._queue):
-            method, properties, body = self._channel.basic_get(self._queue, auto_ack=False)
-        if method is None:
+            message = self._channel.basic_get(self._queue, no_ack=False)
+        if message is None:
             return None
-        return Delivery(method.delivery_tag, body, method.routing_key, method.exchange, method.redelivered,
-                        properties.message_id, properties.headers or {})
+        info, properties = message.delivery_info, message.properties
+        return Delivery(info["delivery_tag"], message.body, info["routing_key"], info["exchange"],
+                        info["redelivered"], properties.get("message_id"),
+                        properties.get("application_headers") or {})
 
     def ack(self, tag: int, multiple: bool = False) -> None:
         with self._lock, translated():
@@ -262,93 +361,3 @@ class _AmqpReader(QueueReader):
     def reject(self, tag: int, requeue: bool) -> None:
         with self._lock, translated():
             self._channel.basic_reject(tag, requeue=requeue)
-
-
-class AmqpConsumer(Consumer):
-    """A worker's connection: one channel consuming (and declaring), one publishing with batched
-    confirms, so that results and retries confirm in one round trip per pass of the event loop."""
-
-    broker: AmqpBroker
-
-    def __init__(self, broker: AmqpBroker, name: str) -> None:
-        super().__init__(broker)
-        params = connection_parameters(broker.url, self.settings.broker_timeout)
-        # Shown by rabbitmqctl/the management UI; the namespace tells apart stacks sharing a broker.
-        params.client_properties = {"connection_name": name}
-        self._consumer_tags: list[str] = []
-        with translated():
-            self._connection = pika.BlockingConnection(params)
-            try:
-                self._channel = self._connection.channel()
-                self._confirming = ConfirmingChannel(self._connection)
-            except BaseException:
-                self.close()
-                raise
-
-    def _declare(self, worker_ids: Sequence[str]) -> None:
-        with translated():
-            declare_on(self._channel, self.broker.topology(worker_ids))
-
-    def consume(self, queue: str, prefetch: int, on_delivery: Callable[[Delivery], None]) -> None:
-        def deliver(_channel: BlockingChannel, method: pika.spec.Basic.Deliver,
-                    properties: pika.BasicProperties, body: bytes) -> None:
-            on_delivery(Delivery(method.delivery_tag, body, method.routing_key, method.exchange,
-                                 method.redelivered, properties.message_id, properties.headers or {}))
-
-        with translated():
-            # Per consumer: quorum queues do not support a channel-wide prefetch.
-            self._channel.basic_qos(prefetch_count=prefetch)
-            self._consumer_tags.append(self._channel.basic_consume(queue, deliver))
-
-    def cancel(self) -> None:
-        with translated():
-            for tag in self._consumer_tags:
-                self._channel.basic_cancel(tag)
-        self._consumer_tags = []
-
-    def poll(self, seconds: float) -> None:
-        self._ensure_open()
-        with translated():
-            self._connection.process_data_events(time_limit=seconds)
-
-    def _ensure_open(self) -> None:
-        # pika fails in its own ways (a ValueError from its ioloop) on a connection closed on our side.
-        if not self._connection.is_open:
-            raise BrokerUnavailable("broker unavailable: the connection is closed")
-
-    def ack(self, tag: int) -> None:
-        # pika internal: the impl channel's basic_ack only queues the frame, which goes out with the
-        # next poll, a moment later; BlockingChannel.basic_ack flushes it at once, a blocking write
-        # per ack that cost a fifth of a worker's CPU at high rates. (try, not `translated`: an ack
-        # per task is the hot path.)
-        try:
-            self._channel._impl.basic_ack(tag)
-        except PIKA_ERRORS as error:
-            raise BrokerUnavailable(f"broker unavailable: {error!r}") from error
-
-    def reject(self, tag: int, requeue: bool) -> None:
-        with translated():
-            self._channel.basic_reject(tag, requeue=requeue)
-
-    def _publish(self, exchange: str, messages: Sequence[OutgoingMessage]) -> list[Verdict]:
-        outcome: list[Verdict | None] = [None] * len(messages)
-        with translated():
-            self._confirming.publish(exchange, messages, range(len(messages)), outcome,
-                                     self.settings.broker_timeout)
-        return [verdict or Verdict.NACK for verdict in outcome]
-
-    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
-        # A connection that is gone raises here: its deliveries are the broker's again.
-        with contextlib.suppress(*PIKA_ERRORS):
-            self._connection.add_callback_threadsafe(callback)
-
-    def call_later(self, seconds: float, callback: Callable[[], None]) -> None:
-        self._ensure_open()
-        with translated():
-            self._connection.call_later(seconds, callback)
-
-    def close(self) -> None:
-        connection = getattr(self, "_connection", None)
-        if connection is not None and connection.is_open:
-            with contextlib.suppress(*PIKA_ERRORS):
-                connection.close()

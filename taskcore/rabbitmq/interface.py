@@ -1,11 +1,12 @@
-"""What the system asks of its broker, without pika: the Broker (publishing with confirms, the
+"""What the system asks of its broker, without a client library: the Broker (publishing with confirms, the
 topology, the janitor's queue operations), the worker's Consumer, and the project's own errors.
 
-Two implementations: `amqp.AmqpBroker` (RabbitMQ through pika) and `memory.MemoryBroker` (in
-memory, for fast unit tests). As in Dramatiq's broker.py, the logic that does not depend on the
-transport (routing a task to its queue, "delete the queue if idle", depths, grouping a worker's
-publications by exchange, repairing the topology after a refused publish) is written once here, on
-top of a few primitives each implementation provides.
+Two implementations: `amqp.AmqpBroker` (RabbitMQ through py-amqp, its consumers through pika:
+`pika_consumer.AmqpConsumer`) and `memory.MemoryBroker` (in memory, for fast unit tests). As in
+Dramatiq's broker.py, the logic that does not depend on the transport (routing a task to its queue,
+"delete the queue if idle", depths, grouping a worker's publications by exchange, repairing the
+topology after a refused publish) is written once here, on top of a few primitives each
+implementation provides.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from taskcore.settings import Settings
 
 
 class BrokerError(Exception):
-    """Something the broker did or could not do; never one of pika's own exceptions."""
+    """Something the broker did or could not do; never one of py-amqp's or pika's own exceptions."""
 
 
 class BrokerUnavailable(BrokerError):

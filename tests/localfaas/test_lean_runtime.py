@@ -45,6 +45,7 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
+    pipelined: bool = False  # it had arrived whole before the answer to the one before it was sent
 
 
 def next_answer(number: int) -> bytes:
@@ -122,6 +123,7 @@ class RuntimeApi:
 
     @staticmethod
     def _read(conn: socket.socket, buffer: bytes, connection: int) -> tuple[Request | None, bytes]:
+        arrived = b"\r\n\r\n" in buffer  # read along with the request before it
         while b"\r\n\r\n" not in buffer:
             chunk = conn.recv(65536)
             if not chunk:
@@ -136,7 +138,7 @@ class RuntimeApi:
         length = int(headers.get("content-length", 0))
         while len(rest) < length:
             rest += conn.recv(65536)
-        return Request(connection, method, path, headers, rest[:length]), rest[length:]
+        return Request(connection, method, path, headers, rest[:length], arrived), rest[length:]
 
 
 def wire(requests: list[Request]) -> list[tuple[str, str, dict[str, str], bytes]]:
@@ -154,6 +156,16 @@ def test_the_lean_client_sends_what_awslambdaric_sends(tmp_path: Path, handler: 
                 "app.boom": ["next", "error"] * 2 + ["next"], "missing.handler": ["error"]}[handler]
     assert paths == expected
     assert {r.connection for r in seen["lean"]} == {1}  # one keep-alive connection throughout
+
+
+@pytest.mark.parametrize("handler", ["app.ok", "app.boom"])
+def test_the_lean_client_sends_the_next_request_with_its_result(tmp_path: Path, handler: str) -> None:
+    # One write: the /next after a /response or /error arrives with it, before its 202 is sent.
+    # awslambdaric waits for each answer before it sends the next request.
+    seen = {client: RuntimeApi(tmp_path, client, handler).serve() for client in ("official", "lean")}
+    assert [r.pipelined for r in seen["lean"]] == [False, False, True, False, True]
+    assert [r.path.rsplit("/", 1)[1] for r in seen["lean"]][2::2] == ["next", "next"]
+    assert not any(r.pipelined for r in seen["official"])
 
 
 def test_what_the_handler_returned_reaches_the_api_as_awslambdaric_marshals_it(tmp_path: Path) -> None:

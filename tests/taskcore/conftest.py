@@ -14,7 +14,8 @@ import redis
 
 from taskcore.keys import Keys
 from taskcore.rabbitmq import topology
-from taskcore.rabbitmq.amqp import AmqpBroker, connection_parameters
+from taskcore.rabbitmq.amqp import AmqpBroker
+from taskcore.rabbitmq.pika_consumer import connection_parameters
 from taskcore.settings import Settings
 from taskcore.store import TaskStore
 

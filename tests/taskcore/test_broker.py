@@ -14,6 +14,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from taskcore.messages import Task, TaskResult, TaskSpec
 from taskcore.rabbitmq import QueueNotFound
 from taskcore.rabbitmq.amqp import AmqpBroker
+from taskfaas.stack import RABBITMQ_URL
 from tests.taskcore.conftest import Namespace, make_settings
 
 
@@ -97,13 +98,30 @@ def test_stale_connection_is_reopened_transparently(channel: BlockingChannel, ns
                                                     broker: AmqpBroker) -> None:
     broker.declare()
     broker.publish(ns.keys.tasks_exchange, [("shared", b"{}", "a")])
-    first = broker._confirming.connection  # the implementation's own: what the test cuts
-    # Cut the TCP connection under pika, as an idle environment's connection is cut by the broker.
-    sock = first._impl._transport._sock
-    sock.shutdown(socket.SHUT_RDWR)
+    first = broker._link.connection  # the implementation's own: what the test cuts
+    # Cut the TCP connection under py-amqp, as an idle environment's connection is cut by the broker.
+    first.sock.shutdown(socket.SHUT_RDWR)
     broker.publish(ns.keys.tasks_exchange, [("shared", b"{}", "b")])
-    assert broker._confirming.connection is not first
+    assert broker._link.connection is not first
     assert depth(channel, ns.keys.shared_queue) == 2
+
+
+def test_a_connection_the_broker_closed_while_idle_is_reopened(channel: BlockingChannel,
+                                                              ns: Namespace) -> None:
+    """An idle environment sends no heartbeats: the broker closes its connection after two missed
+    ones (1 s here). The next publish finds the close waiting and goes out on a new connection."""
+    broker = AmqpBroker(ns.settings, url=f"{RABBITMQ_URL}?heartbeat=1")
+    try:
+        broker.declare()
+        broker.publish(ns.keys.tasks_exchange, [("shared", b"{}", "a")])
+        first = broker._link.connection  # the implementation's own
+        assert first.heartbeat == 1
+        time.sleep(4)  # no reads, no heartbeats: the broker gives up on us
+        broker.publish(ns.keys.tasks_exchange, [("shared", b"{}", "b")])
+        assert broker._link.connection is not first
+        assert depth(channel, ns.keys.shared_queue) == 2
+    finally:
+        broker.close()
 
 
 def test_gets_on_the_brokers_connection_keep_its_confirms_tracked(channel: BlockingChannel, ns: Namespace,

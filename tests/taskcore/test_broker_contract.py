@@ -26,9 +26,10 @@ from taskcore.rabbitmq import (
     QueueSpec,
     Verdict,
 )
-from taskcore.rabbitmq.amqp import AmqpBroker, connection_parameters
+from taskcore.rabbitmq.amqp import AmqpBroker
 from taskcore.rabbitmq.memory import MemoryBroker
 from taskcore.rabbitmq.memory_server import MemoryServer
+from taskcore.rabbitmq.pika_consumer import connection_parameters
 from taskcore.settings import Settings
 from taskfaas.stack import RABBITMQ_URL, eventually
 from tests.taskcore.conftest import CLOSED_PORT_AMQP, Namespace, make_settings

@@ -216,3 +216,29 @@ def test_match_route_greedy_parameter() -> None:
     assert match_route(routes, "/files/a/b%20c") == ("/files/{path+}", {"path": "a/b c"})
     assert match_route(routes, "/files/readme") == ("/files/readme", {})
     assert match_route(routes, "/files") is None
+
+
+def test_route_table_follows_routes_added_after_the_handler() -> None:
+    """The handler's route table is parsed once; a route declared later is still found."""
+    late = Chalice(app_name="late-routes")
+    late_handler = function_url_handler(late)
+
+    @late.route("/items/{item_id}", methods=["GET"])
+    def item(item_id: str) -> dict[str, str]:
+        return {"item": item_id}
+
+    assert json.loads(late_handler(event("GET", "/items/a%20b"), None)["body"]) == {"item": "a b"}
+    assert late_handler(event("GET", "/items"), None)["statusCode"] == 404
+
+    @late.route("/items/special", methods=["GET"])
+    def special() -> dict[str, str]:
+        return {"item": "special"}
+
+    assert json.loads(late_handler(event("GET", "/items/special"), None)["body"]) == {"item": "special"}
+    assert json.loads(late_handler(event("GET", "/items/other"), None)["body"]) == {"item": "other"}
+
+
+def test_json_response_bytes_are_chalices_own() -> None:
+    """json_response encodes the body itself; the bytes are what Chalice's Response would send."""
+    body = {"task_id": "a", "result": {"x": [1, 2.5, None, True]}, "text": "é\u2028\"/"}
+    assert json_response(body).to_dict()["body"] == Response(body=body).to_dict()["body"]

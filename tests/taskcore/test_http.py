@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 import redis
 from chalice import Response
@@ -12,6 +15,11 @@ from taskcore.http import api_errors
 CLOSED_PORT_REDIS = "redis://127.0.0.1:1/0"
 
 
+def body(response: Response) -> Any:
+    # json_response hands Chalice the body already encoded, as the client will receive it.
+    return json.loads(response.body)
+
+
 def test_a_redis_failure_is_503_saying_the_task_store() -> None:
     @api_errors
     def view() -> Response:
@@ -20,8 +28,8 @@ def test_a_redis_failure_is_503_saying_the_task_store() -> None:
 
     answer = view()
     assert answer.status_code == 503
-    assert answer.body["error"]["code"] == "unavailable"
-    assert answer.body["error"]["message"] == "the task store (Redis) is unavailable"
+    assert body(answer)["error"]["code"] == "unavailable"
+    assert body(answer)["error"]["message"] == "the task store (Redis) is unavailable"
 
 
 def test_bad_input_is_its_4xx_and_a_dependency_down_503() -> None:
@@ -33,8 +41,8 @@ def test_bad_input_is_its_4xx_and_a_dependency_down_503() -> None:
     def down() -> Response:
         raise Unavailable("the supervisor is unreachable", {"reason": "x"})
 
-    assert (refused().status_code, refused().body["error"]["code"]) == (400, "invalid_wait")
-    assert (down().status_code, down().body["error"]["details"]) == (503, {"reason": "x"})
+    assert (refused().status_code, body(refused())["error"]["code"]) == (400, "invalid_wait")
+    assert (down().status_code, body(down())["error"]["details"]) == (503, {"reason": "x"})
 
 
 def test_any_other_error_is_not_taken_for_an_outage() -> None:

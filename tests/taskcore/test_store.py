@@ -355,3 +355,22 @@ def test_stats_counts(store: TaskStore) -> None:
     assert stats["tasks"] == {"queued": 1, "running": 0, "succeeded": 3, "failed": 0}
     assert stats["cache_hit_ratio"] == 0.25 and stats["cache_saved_ratio"] == 0.5
     assert stats["throughput_per_minute"] == pytest.approx(2 / 5)
+
+
+# The client --------------------------------------------------------------------------------------
+
+def test_a_single_threaded_store_connects_at_first_use_and_reconnects(settings: Settings) -> None:
+    down = make_settings(settings.namespace, redis_url="redis://127.0.0.1:1/0", redis_timeout=0.5)
+    unreachable = TaskStore.for_settings(down, single_threaded=True)  # a cold start with Redis down
+    with pytest.raises(redis.ConnectionError):
+        unreachable.get("a")
+
+    store = TaskStore.for_settings(settings, single_threaded=True)
+    assert store.redis is TaskStore.client_for(settings, single_threaded=True)
+    assert store.redis is not TaskStore.client_for(settings)  # threads keep the pooled one
+    store.admit([task("a")], NOW)
+    connection = store.redis.connection  # the one connection every command goes through
+    assert connection is not None and store.get("a")["status"] == "queued"
+    connection.disconnect()  # dropped under the client (a Redis restart, an idle timeout)
+    assert store.mark_running("a", "w1", 1, NOW + 1) == RunVerdict.RUNNING
+    assert store.redis.connection is connection and store.get("a")["status"] == "running"

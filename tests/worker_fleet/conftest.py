@@ -21,7 +21,8 @@ import redis
 from taskcore.keys import Keys, routing_key_for
 from taskcore.messages import Task, TaskResult, validate_task
 from taskcore.rabbitmq import Delivery, topology
-from taskcore.rabbitmq.amqp import AmqpBroker, connection_parameters
+from taskcore.rabbitmq.amqp import AmqpBroker
+from taskcore.rabbitmq.pika_consumer import connection_parameters
 from taskcore.settings import Settings
 from taskcore.store import TaskStore, now_ms
 from taskfaas.stack import eventually, new_namespace, terminated_with_parent
