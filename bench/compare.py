@@ -37,7 +37,9 @@ if str(ROOT) not in sys.path:
 from bench import extras, systems, verdict  # noqa: E402
 
 REPORTS = ROOT / "bench" / "reports"
-MAIN = ("cold", "ours", "celery", "dramatiq", "urlcpu")
+# "confirms": the peers again with publisher confirms (one id per GET only), for a like-for-like
+# comparison; the issue's verdict is against their defaults.
+MAIN = ("cold", "ours", "celery", "dramatiq", "confirms", "urlcpu")
 ITEMS = (*MAIN, *extras.ITEMS)
 PEERS = ("celery", "dramatiq")
 NOTE = ("The machine is shared (2 cores, other engineers' runs): tasks/s and latency are noisy, "
@@ -70,11 +72,15 @@ def comparison(args: argparse.Namespace, only: set[str]) -> list[dict[str, Any]]
             if name in only:
                 print(f"bench: starting {name}", flush=True)
                 runners.append(running.enter_context(systems.peer(name)))
+            if name in only and "confirms" in only:
+                runners.append(running.enter_context(systems.peer(name, confirm=True)))
         for system in runners:
             systems.warm_up(system, args.clients * systems.WARM_UP_PER_CLIENT)
         for mode, batch, reads in systems.MODES:
             count = args.single if batch == 1 else args.batched
             for system in runners:
+                if system.name.endswith(verdict.CONFIRMED) and reads != "one":
+                    continue
                 rows.append(row := systems.measure(system, mode, batch, reads, count, args.clients,
                                                    args.deadline))
                 print(f"  {system.name}, {mode}, {row['reads']}: {row['completed_per_s']} tasks/s, "

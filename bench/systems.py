@@ -23,7 +23,7 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-from bench import clients, cpu
+from bench import clients, cpu, verdict
 from taskfaas.stack import ROOT, start_stack, stop_stack
 from worker_fleet.fleet import DEFAULT_CONCURRENCY, DEFAULT_WORKERS
 
@@ -85,21 +85,23 @@ def ours(provisioned: str | None = None) -> Iterator[System]:
                      {"localfaas host": [stack.host.process.pid], "workers": [stack.fleet.pid]},
                      f"make run's defaults: {DEFAULT_WORKERS} workers x {DEFAULT_CONCURRENCY}, "
                      f"provisioned concurrency {provisioned}, "
-                     "PREFETCH_MULTIPLIER default, template.yaml as is (python3.12, awslambdaric)",
+                     "PREFETCH_MULTIPLIER default, template.yaml as is (python3.12; localfaas's "
+                     "default runtime client, lean)",
                      invocations, {"namespace": stack.namespace})
     finally:
         stop_stack(stack)
 
 
 @contextmanager
-def peer(name: str) -> Iterator[System]:
+def peer(name: str, confirm: bool = False) -> Iterator[System]:
+    """`confirm`: the peer publishes with broker confirms, as ours does (its name gets CONFIRMED)."""
     from bench.peers.run import start_peer  # the peers' libraries only when a peer is asked for
 
-    with start_peer(name, unit_seconds=0.0, **PEER_SLOTS[name]) as handle:
+    with start_peer(name, unit_seconds=0.0, confirm=confirm, **PEER_SLOTS[name]) as handle:
         about = handle.describe()
         worker, front = handle.processes  # in the order start_peer spawns them
         slots = PEER_SLOTS[name]
-        yield System(name, clients.Target(handle.url, handle.url),
+        yield System(name + (verdict.CONFIRMED if confirm else ""), clients.Target(handle.url, handle.url),
                      {"gunicorn front": [front.pid], f"{name} workers": [worker.pid]},
                      f"{name} {about['version']}, {slots['workers']} x {slots['threads']} slots, "
                      f"gunicorn {about['gunicorn']} gthread 2x16 (bench/peers/README.md)", about=about)

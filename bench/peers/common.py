@@ -12,6 +12,8 @@ Everything a peer process needs comes from environment variables that bench.peer
                       (Dramatiq: processes x threads; Celery's prefork runs one task per process, so it
                       gets workers x threads processes - the same number of slots)
     TASK_UNIT_SECONDS seconds of sleep per unit of complexity (default 1.0; the benchmark sets 0)
+    PEER_CONFIRM      "1": publish with broker confirms (a 202 then means the broker has the task, as
+                      ours does); default "0", the peer's own default (no confirms)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class PeerEnv:
     workers: int
     threads: int
     unit_seconds: float
+    confirm: bool = False
 
     @property
     def slots(self) -> int:
@@ -57,6 +60,7 @@ class PeerEnv:
             workers=int(env.get("PEER_WORKERS", "2")),
             threads=int(env.get("PEER_THREADS", str(DEFAULT_THREADS[name]))),
             unit_seconds=float(env.get("TASK_UNIT_SECONDS", "1.0")),
+            confirm=env.get("PEER_CONFIRM", "0") == "1",
         )
 
 

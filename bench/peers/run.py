@@ -94,7 +94,7 @@ class PeerHandle:
 
 def start_peer(name: str, workers: int = 2, unit_seconds: float = 0.0, *, threads: int | None = None,
                broker_url: str = DEFAULT_BROKER_URL, redis_url: str | None = None,
-               ready_timeout: float = 60.0) -> PeerHandle:
+               ready_timeout: float = 60.0, confirm: bool = False) -> PeerHandle:
     """Starts the peer `name` ("celery" or "dramatiq") with workers x threads concurrency slots
     (Dramatiq: `workers` processes of `threads` threads; Celery: a prefork pool of workers x threads
     processes) and returns once a task submitted through its front has come back. threads=None is
@@ -104,7 +104,8 @@ def start_peer(name: str, workers: int = 2, unit_seconds: float = 0.0, *, thread
     token = secrets.token_hex(4)
     env = PeerEnv(broker_url=broker_url, redis_url=redis_url or f"redis://127.0.0.1:6379/{DEFAULT_REDIS_DB[name]}",
                   queue=f"peer-{name}-{token}", key_prefix=f"peer-{name}-{token}:", result_ttl=3600,
-                  workers=workers, threads=threads or DEFAULT_THREADS[name], unit_seconds=unit_seconds)
+                  workers=workers, threads=threads or DEFAULT_THREADS[name], unit_seconds=unit_seconds,
+                  confirm=confirm)
     port = _free_port()
     handle = PeerHandle(name, f"http://127.0.0.1:{port}", env, Path(tempfile.mkdtemp(prefix=f"peer-{name}-")))
     atexit.register(handle.stop)
@@ -125,6 +126,7 @@ def _env_vars(env: PeerEnv) -> dict[str, str]:
     return {"PEER_BROKER_URL": env.broker_url, "PEER_REDIS_URL": env.redis_url, "PEER_QUEUE": env.queue,
             "PEER_KEY_PREFIX": env.key_prefix, "PEER_RESULT_TTL": str(env.result_ttl),
             "PEER_WORKERS": str(env.workers), "PEER_THREADS": str(env.threads),
+            "PEER_CONFIRM": "1" if env.confirm else "0",
             "TASK_UNIT_SECONDS": repr(env.unit_seconds)}
 
 

@@ -41,6 +41,12 @@ def test_each_row_against_the_best_peer_of_its_mode_and_reads() -> None:
     assert verdict.ratio(run("ours", "batches of 100", IDS, 1.0, 1.0), ROWS) is None  # no peer ran it
 
 
+def test_a_peer_with_confirms_is_never_the_best_peer() -> None:
+    faster = run("dramatiq" + verdict.CONFIRMED, "1 per request", ONE, 10_000.0, 1.0)
+    assert verdict.best_peer([*ROWS, faster], "1 per request", ONE) is not faster
+    assert verdict.ratio(ROWS[0], [*ROWS, faster]) == round(400 / 380, 2)
+
+
 def test_the_table_and_its_split() -> None:
     lines = verdict.table(ROWS).splitlines()
     assert lines[0].startswith("| system | mode | reads | tasks | tasks/s | p50 ms | p99 ms | x best peer |")

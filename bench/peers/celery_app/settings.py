@@ -19,8 +19,10 @@ def celery_settings(env: PeerEnv) -> dict[str, Any]:
     return {
         # Broker: RabbitMQ through py-amqp ("amqp://"); librabbitmq, which the guide suggests, has no
         # wheels for current Pythons. Persistent messages (Celery's default, delivery_mode 2) and no
-        # publisher confirms (the default): the same durability as a plain Celery install.
+        # publisher confirms (the default): the same durability as a plain Celery install; with
+        # PEER_CONFIRM, py-amqp's confirm_publish (each publish waits for its confirm).
         "broker_url": env.broker_url,
+        "broker_transport_options": {"confirm_publish": env.confirm},
         "task_default_delivery_mode": "persistent",
         # Pool of broker connections for publishing, sized to the front's threads (Optimizing guide:
         # "based on the number of active threads ... using broker connections").

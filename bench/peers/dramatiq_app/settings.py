@@ -15,11 +15,11 @@ ACTOR_NAME = "peer_execute"
 def dramatiq_settings(env: PeerEnv) -> dict[str, Any]:
     return {
         # Broker: RabbitmqBroker (pika), persistent messages on a durable queue (Dramatiq's defaults),
-        # no publisher confirms (confirm_delivery=False, the default). Own queue per start; Dramatiq
-        # adds <queue>.DQ (delays) and <queue>.XQ (dead letters).
+        # no publisher confirms (confirm_delivery=False, the default) unless PEER_CONFIRM asks for
+        # them. Own queue per start; Dramatiq adds <queue>.DQ (delays) and <queue>.XQ (dead letters).
         "broker": "RabbitmqBroker",
         "broker_url": env.broker_url,
-        "confirm_delivery": False,
+        "confirm_delivery": env.confirm,
         "queue_name": env.queue,
         "actor_name": ACTOR_NAME,
         # Results: the Results middleware with RedisBackend, which the docs recommend ("waiting for a
