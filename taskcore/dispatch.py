@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -31,32 +32,40 @@ def assign_ids(specs: Sequence[TaskSpec]) -> list[TaskSpec]:
 
 
 def submit(specs: Sequence[TaskSpec], settings: Settings, store: TaskStore, broker: Broker,
-           now: int | None = None) -> list[dict[str, Any]]:
+           now: int | None = None, deadline_ms: int | None = None) -> list[dict[str, Any]]:
     """Admits the tasks and publishes the ones that must run, with broker confirms.
 
     Returns {"task_id", "status", "cache", "worker_id"} per task, in order. Raises Unavailable when
     Redis or RabbitMQ fails; every admission of the request is undone first, so a 503 leaves no
     record and no inflight key (a message the broker did confirm before the failure finds no
     record, and MARK_RUNNING answers "missing" for it).
+
+    `deadline_ms` (epoch ms): when the caller stops waiting for the answer (the producer sends it,
+    see deadline_from). Nothing is admitted after it, and a publish still unconfirmed by then is
+    given up and its admissions undone, so that a caller who answered 503 leaves nothing behind.
     """
     now = now_ms() if now is None else now
+    publish_deadline = None
+    if deadline_ms is not None:
+        publish_deadline = time.monotonic() + (deadline_ms - now_ms()) / 1000
     tasks = [Task.from_spec(spec, now) for spec in assign_ids(specs)]
     try:
-        admissions = store.admit(tasks, now)
+        admissions = store.admit(tasks, now, deadline_ms)
     except redis.RedisError as error:
         raise Unavailable("the task store (Redis) is unavailable", {"reason": repr(error)}) from error
     replies = [a.reply() for a in admissions]
     leaders = [(i, a) for i, a in enumerate(admissions) if a.needs_publish]
     try:
         try:
-            broker.publish_tasks([(routing_key_for(a.worker_id), a.task) for _, a in leaders])
+            broker.publish_tasks([(routing_key_for(a.worker_id), a.task) for _, a in leaders],
+                                 publish_deadline)
         except PublishError as error:
             if not error.only_unroutable:
                 raise
             # A worker queue that is gone (its worker was reaped since it was picked): use the shared
             # queue, which every worker consumes.
             rerouted = [leaders[i] for i in error.unroutable]
-            broker.publish_tasks([(routing_key_for(SHARED), a.task) for _, a in rerouted])
+            broker.publish_tasks([(routing_key_for(SHARED), a.task) for _, a in rerouted], publish_deadline)
             store.reassign([a.task.task_id for _, a in rerouted], SHARED)
             for index, _ in rerouted:
                 replies[index]["worker_id"] = SHARED

@@ -309,3 +309,28 @@ def parse_task_ids(query: Mapping[str, str] | None, maximum: int = MAX_RESULT_ID
         raise ValidationError("invalid_ids", f"ids must be 1 to {maximum} comma-separated task ids "
                               f"({TASK_ID_RE.pattern})", {"max": maximum})
     return list(dict.fromkeys(asked))
+
+
+# The caller's deadline ---------------------------------------------------------------------------
+
+# The producer tells the supervisor when it will stop waiting for the answer (epoch ms), so that the
+# supervisor gives up first and undoes what it admitted (dispatch.submit): the producer's 503 then
+# leaves nothing behind, however slow the broker or Redis.
+DEADLINE_HEADER = "x-taskfaas-deadline-ms"
+# How much sooner than the producer's own timeout the supervisor must be done, its undo included.
+DEADLINE_MARGIN_MS = 1000
+
+
+def deadline_for(now: int, settings: Settings) -> int:
+    """The deadline a caller of the supervisor sends, as epoch ms: now, plus its wait for the
+    answer (SUPERVISOR_TIMEOUT), minus DEADLINE_MARGIN_MS."""
+    return now + int(settings.supervisor_timeout * 1000) - DEADLINE_MARGIN_MS
+
+
+def caller_deadline(value: str | None, now: int, settings: Settings) -> int:
+    """The deadline the supervisor works to: the one the caller sent (DEADLINE_HEADER), but never
+    later than deadline_for(now), which is also what a caller that sent none (or not a number) gets."""
+    latest = deadline_for(now, settings)
+    if value is None or not (value.isascii() and value.isdigit() and len(value) <= 15):
+        return latest
+    return min(int(value), latest)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import string
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 from taskcore.errors import Unavailable
 from taskcore.httpclient import Client, TransportError
-from taskcore.messages import TaskSpec, validate_task
+from taskcore.messages import DEADLINE_HEADER, TaskSpec, deadline_for, validate_task
 from taskcore.settings import Settings
 from taskcore.signing import Signer, host_header
 
@@ -81,6 +82,7 @@ class SupervisorClient:
     def __init__(self, settings: Settings, signer: Signer | None = None) -> None:
         if not settings.supervisor_url:
             raise Unavailable("SUPERVISOR_URL is not set")
+        self._settings = settings
         self.base_url = settings.supervisor_url.rstrip("/") + "/"
         self._signer = signer or Signer.from_env()
         self._http = Client(self.base_url, self.CONNECT_TIMEOUT, settings.supervisor_timeout)
@@ -101,8 +103,9 @@ class SupervisorClient:
         return {"tasks": tasks} if "tasks" in reply.body else tasks[0]
 
     def supervise(self, body: bytes) -> SupervisorReply:
-        """POST /supervise with `body` as it is, signed."""
-        headers = self._headers
+        """POST /supervise with `body` as it is, signed, with the time we stop waiting for it."""
+        deadline = deadline_for(int(time.time() * 1000), self._settings)
+        headers = {**self._headers, DEADLINE_HEADER: str(deadline)}
         if self._signer is not None:
             headers = self._signer.headers("POST", self._supervise_url, body, headers)
         try:

@@ -76,8 +76,9 @@ class Admission:
 class TaskStorage(Protocol):
     """The storage the supervisor, result handler and workers need; all times in epoch ms."""
 
-    def admit(self, tasks: Sequence[Task], now: int) -> list[Admission]:
-        """Atomically admits tasks (hit, coalesce, or lead and pick a worker), in input order."""
+    def admit(self, tasks: Sequence[Task], now: int, deadline_ms: int | None = None) -> list[Admission]:
+        """Atomically admits tasks (hit, coalesce, or lead and pick a worker), in input order; admits
+        nothing and raises a TimeoutError if the store would run it after `deadline_ms`."""
         ...
 
     def undo(self, admissions: Sequence[Admission], now: int) -> int:
@@ -183,13 +184,17 @@ class TaskStore:
 
     # Admission ----------------------------------------------------------------------------------
 
-    def admit(self, tasks: Sequence[Task], now: int, token: str | None = None) -> list[Admission]:
+    def admit(self, tasks: Sequence[Task], now: int, deadline_ms: int | None = None,
+              token: str | None = None) -> list[Admission]:
         if not tasks:
             return []
         token = token or uuid.uuid4().hex
         cutoff = now - int(self.settings.worker_ttl * 1000)
-        # Past this, the client has given up on the call (its socket timeout is longer): see ADMIT.
+        # Past this, we have given up on the call (the socket timeout is longer), or our caller has
+        # on us: see ADMIT.
         deadline = now_ms() + int(self.settings.redis_timeout * 1000)
+        if deadline_ms is not None:
+            deadline = min(deadline, deadline_ms)
         args: list[Any] = [self.keys.prefix, now, cutoff, self.settings.result_ttl,
                            self.settings.dispatch_mode, len(tasks), token, deadline, RECENT_TASKS]
         for task in tasks:

@@ -12,10 +12,17 @@ from chalice import Chalice, Response
 from taskcore import dispatch
 from taskcore.function_url import function_url_handler
 from taskcore.http import api_errors, error_response, json_response
-from taskcore.messages import parse_submission, parse_task_id, parse_task_ids, parse_wait
+from taskcore.messages import (
+    DEADLINE_HEADER,
+    caller_deadline,
+    parse_submission,
+    parse_task_id,
+    parse_task_ids,
+    parse_wait,
+)
 from taskcore.rabbitmq.amqp import AmqpBroker
 from taskcore.settings import Settings
-from taskcore.store import TaskStore
+from taskcore.store import TaskStore, now_ms
 
 app = Chalice(app_name="supervisor")
 app.log.setLevel(logging.INFO)
@@ -33,8 +40,10 @@ MAX_WAIT_SECONDS = 20.0  # below the function's 30 s timeout, so a long-poll ans
 @app.route("/supervise", methods=["POST"], content_types=["application/json"])
 @api_errors
 def supervise() -> Response:
-    submission = parse_submission(app.current_request.raw_body or b"", settings)
-    replies = dispatch.submit(submission.tasks, settings, store, broker)
+    request = app.current_request
+    submission = parse_submission(request.raw_body or b"", settings)
+    deadline = caller_deadline(request.headers.get(DEADLINE_HEADER), now_ms(), settings)
+    replies = dispatch.submit(submission.tasks, settings, store, broker, deadline_ms=deadline)
     status = 200 if all(reply["existing"] for reply in replies) else 202
     return json_response({"tasks": replies} if submission.batch else replies[0], status)
 

@@ -236,6 +236,11 @@ class Link:
                 connection.close()
         connection.collect()  # the socket, whatever close managed
 
+    def abandon(self) -> None:
+        """Drops the socket without the closing handshake, which a broker that stopped answering
+        would keep waiting for (the broker closes its side when the socket goes)."""
+        self.connection.collect()
+
 
 class AmqpBroker(Broker):
     """One connection, with a confirm-mode channel and a channel for declarations and inspection,
@@ -253,7 +258,8 @@ class AmqpBroker(Broker):
         self._link: Link | None = None
         self._lock = threading.RLock()
 
-    def publish(self, exchange: str, messages: Sequence[OutgoingMessage]) -> None:
+    def publish(self, exchange: str, messages: Sequence[OutgoingMessage],
+                deadline: float | None = None) -> None:
         if not messages:
             return
         messages = [OutgoingMessage(*message) for message in messages]
@@ -261,11 +267,16 @@ class AmqpBroker(Broker):
         with self._lock:
             for attempt in (1, 2):
                 todo = [i for i, verdict in enumerate(outcome) if verdict is None]
+                timeout = self.settings.broker_timeout
+                if deadline is not None:
+                    timeout = min(timeout, deadline - time.monotonic())
                 try:
-                    self._open().publish(exchange, messages, todo, outcome, self.settings.broker_timeout)
+                    if timeout <= 0:
+                        raise TimeoutError("the caller's deadline has passed")
+                    self._open(timeout).publish(exchange, messages, todo, outcome, timeout)
                     break
                 except (*AMQP_ERRORS, BrokerError) as error:
-                    self.close()
+                    self._abandon()
                     if attempt == 2:
                         unconfirmed = [i for i, verdict in enumerate(outcome) if verdict is None]
                         raise PublishError(f"broker unavailable: {error!r}",
@@ -316,6 +327,12 @@ class AmqpBroker(Broker):
             if link is not None:
                 link.close()
 
+    def _abandon(self) -> None:
+        with self._lock:
+            link, self._link = self._link, None
+            if link is not None:
+                link.abandon()
+
     @contextlib.contextmanager
     def _using(self, queue: str | None = None) -> Iterator[Link]:
         """The lock and the open link; errors translated, and a lost connection dropped, so that
@@ -328,13 +345,15 @@ class AmqpBroker(Broker):
                 self.close()
                 raise
 
-    def _open(self) -> Link:
+    def _open(self, timeout: float | None = None) -> Link:
+        """The link, opened again if it is gone; a new connection's handshake and later reads wait
+        `timeout` at most (BROKER_TIMEOUT by default)."""
         link = self._link
         if link is not None and link.usable():
             return link
         self.close()
         with translated():
-            self._link = Link(self.url, self.settings.broker_timeout)
+            self._link = Link(self.url, timeout or self.settings.broker_timeout)
         return self._link
 
 

@@ -131,8 +131,11 @@ class Broker(ABC):
         """Declares the namespace's topology (idempotent), with these workers' queues."""
 
     @abstractmethod
-    def publish(self, exchange: str, messages: Sequence[OutgoingMessage]) -> None:
-        """Publishes persistent messages and waits for the broker's confirms; raises PublishError."""
+    def publish(self, exchange: str, messages: Sequence[OutgoingMessage],
+                deadline: float | None = None) -> None:
+        """Publishes persistent messages and waits for the broker's confirms; raises PublishError.
+        `deadline` (time.monotonic()): the call returns or raises by then, whatever the broker does
+        (without it, each wait is bounded by BROKER_TIMEOUT, and there may be a few)."""
 
     @abstractmethod
     def queue_state(self, queue: str) -> QueueState:
@@ -160,10 +163,11 @@ class Broker(ABC):
 
     # Built on them --------------------------------------------------------------------------------
 
-    def publish_tasks(self, messages: Sequence[tuple[str, Task]]) -> None:
-        """(routing_key, task) pairs to the tasks exchange; message_id = task_id."""
+    def publish_tasks(self, messages: Sequence[tuple[str, Task]], deadline: float | None = None) -> None:
+        """(routing_key, task) pairs to the tasks exchange; message_id = task_id. `deadline`: see
+        publish."""
         self.publish(self.keys.tasks_exchange,
-                     [OutgoingMessage(rk, task.to_json(), task.task_id) for rk, task in messages])
+                     [OutgoingMessage(rk, task.to_json(), task.task_id) for rk, task in messages], deadline)
 
     def publish_results(self, results: Sequence[TaskResult]) -> None:
         self.publish(self.keys.results_exchange,

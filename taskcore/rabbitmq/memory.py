@@ -49,7 +49,9 @@ class MemoryBroker(Broker):
         for queue in topology.queues:
             self.server.declare_queue(queue)
 
-    def publish(self, exchange: str, messages: Sequence[OutgoingMessage]) -> None:
+    def publish(self, exchange: str, messages: Sequence[OutgoingMessage],
+                deadline: float | None = None) -> None:
+        # In memory a publish never waits: the deadline cannot pass.
         verdicts: list[Verdict] = []
         for message in messages:
             try:

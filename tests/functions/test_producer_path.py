@@ -5,11 +5,13 @@ answers refusals exactly as the supervisor does, and logs the ids of what was ad
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
 import pytest
 
+from taskcore.messages import DEADLINE_HEADER
 from taskfaas.stack import Stack, eventually, http
 
 JSON = {"Content-Type": "application/json"}
@@ -69,3 +71,20 @@ def test_generate_submits_through_the_supervisor_which_assigns_the_ids(functions
                for task in reply["tasks"])
     records = [functions_stack.result(task_id) for task_id in task_ids]
     assert all(status == 200 for status, _ in records)
+
+
+def test_a_submission_past_the_callers_deadline_is_a_503_that_admits_nothing(functions_stack: Stack) -> None:
+    """The producer sends the time it stops waiting (taskcore.messages.DEADLINE_HEADER); a
+    supervisor that would admit after it answers 503 instead, having admitted nothing."""
+    task_id = f"late-{uuid.uuid4().hex[:12]}"
+    raw = json.dumps({"type": "hash", "payload": {"data": task_id}, "task_id": task_id}).encode()
+    url = functions_stack.supervisor + "supervise"
+    headers = {**JSON, DEADLINE_HEADER: "1000"}  # 1970: given up long ago
+    status, _, reply = http("POST", url, raw, functions_stack.signer.headers("POST", url, raw, headers))
+    assert status == 503, reply
+    assert json.loads(reply)["error"]["code"] == "unavailable"
+    assert functions_stack.result(task_id)[0] == 404
+    # Sent with a deadline still ahead, the same submission is admitted.
+    ahead = {**JSON, DEADLINE_HEADER: str(int(time.time() * 1000) + 5000)}
+    status, _, reply = http("POST", url, raw, functions_stack.signer.headers("POST", url, raw, ahead))
+    assert status == 202, reply

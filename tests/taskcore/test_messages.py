@@ -7,11 +7,14 @@ from typing import Any
 import pytest
 
 from taskcore.messages import (
+    DEADLINE_MARGIN_MS,
     MessageError,
     Task,
     TaskResult,
     TaskSpec,
     ValidationError,
+    caller_deadline,
+    deadline_for,
     fingerprint,
     parse_generate,
     parse_submission,
@@ -342,3 +345,14 @@ def test_parse_generate() -> None:
         with pytest.raises(ValidationError) as caught:
             parse_generate(raw, SETTINGS, 100)
         assert caught.value.code == code, raw
+
+
+def test_the_supervisor_works_to_the_callers_deadline_but_never_past_its_own_wait() -> None:
+    settings = Settings.from_env({}, supervisor_timeout=10.0)
+    own = deadline_for(1_000_000, settings)
+    assert own == 1_000_000 + 10_000 - DEADLINE_MARGIN_MS
+    assert caller_deadline(str(1_000_500), 1_000_000, settings) == 1_000_500
+    assert caller_deadline("5", 1_000_000, settings) == 5  # long gone: nothing will be admitted
+    assert caller_deadline(str(own + 60_000), 1_000_000, settings) == own  # no caller buys more time
+    for absent_or_garbage in (None, "", "soon", "-5", "1e9", "١٢٣", "9" * 16):
+        assert caller_deadline(absent_or_garbage, 1_000_000, settings) == own
