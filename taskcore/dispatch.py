@@ -47,7 +47,11 @@ def submit(specs: Sequence[TaskSpec], settings: Settings, store: TaskStore, brok
     now = now_ms() if now is None else now
     publish_deadline = None
     if deadline_ms is not None:
-        publish_deadline = time.monotonic() + (deadline_ms - now_ms()) / 1000
+        left_ms = deadline_ms - now_ms()
+        if left_ms <= 0:  # e.g. the invocation waited for an environment longer than the caller did
+            raise Unavailable("the caller's deadline passed before the tasks could be admitted",
+                              {"late_by_ms": -left_ms})
+        publish_deadline = time.monotonic() + left_ms / 1000
     tasks = [Task.from_spec(spec, now) for spec in assign_ids(specs)]
     try:
         admissions = store.admit(tasks, now, deadline_ms)
