@@ -24,6 +24,10 @@ log = logging.getLogger("taskcore.dispatch")
 
 # Messages moved per confirm round by the janitor.
 JANITOR_BATCH = 200
+# How long a worker whose queue did not confirm a publish is left out of the round-robin (then it is
+# tried again; if its queue still does not confirm, one submission waits half its time and the
+# worker is left out again).
+UNCONFIRMED_SECONDS = 60.0
 
 
 def assign_ids(specs: Sequence[TaskSpec]) -> list[TaskSpec]:
@@ -41,8 +45,15 @@ def submit(specs: Sequence[TaskSpec], settings: Settings, store: TaskStore, brok
     record, and MARK_RUNNING answers "missing" for it).
 
     `deadline_ms` (epoch ms): when the caller stops waiting for the answer (the producer sends it,
-    see deadline_from). Nothing is admitted after it, and a publish still unconfirmed by then is
-    given up and its admissions undone, so that a caller who answered 503 leaves nothing behind.
+    taskcore.messages.deadline_for). Nothing is admitted after it, and a publish still unconfirmed
+    by then is given up and its admissions undone, so that a caller who answered 503 leaves
+    nothing behind.
+
+    A message a worker's queue does not take goes to the shared queue instead, which every worker
+    consumes: unroutable (the worker was reaped since it was picked), or not confirmed within half
+    the time left (a queue without a leader: docs/taskcore.md, "A broker bug to know"). A worker
+    whose queue did not confirm is left out of the round-robin for UNCONFIRMED_SECONDS, so that
+    the next submissions do not wait for it too.
     """
     now = now_ms() if now is None else now
     publish_deadline = None
@@ -62,14 +73,19 @@ def submit(specs: Sequence[TaskSpec], settings: Settings, store: TaskStore, brok
     try:
         try:
             broker.publish_tasks([(routing_key_for(a.worker_id), a.task) for _, a in leaders],
-                                 publish_deadline)
+                                 _halfway(publish_deadline))
         except PublishError as error:
-            if not error.only_unroutable:
+            stuck = _stuck_in_worker_queues(error, [a for _, a in leaders])
+            if stuck is None:
                 raise
-            # A worker queue that is gone (its worker was reaped since it was picked): use the shared
-            # queue, which every worker consumes.
-            rerouted = [leaders[i] for i in error.unroutable]
+            rerouted = [leaders[i] for i in stuck]
             broker.publish_tasks([(routing_key_for(SHARED), a.task) for _, a in rerouted], publish_deadline)
+            # The broker took those: the queues that did not confirm are the trouble, not the broker.
+            silent = sorted({leaders[i][1].worker_id for i in error.unconfirmed})
+            if silent:
+                log.warning("worker queues did not confirm a publish, rerouted to the shared queue: %s",
+                            silent)
+                store.mark_unconfirmed(silent, UNCONFIRMED_SECONDS)
             store.reassign([a.task.task_id for _, a in rerouted], SHARED)
             for index, _ in rerouted:
                 replies[index]["worker_id"] = SHARED
@@ -77,6 +93,21 @@ def submit(specs: Sequence[TaskSpec], settings: Settings, store: TaskStore, brok
         _undo(store, admissions, now)
         raise Unavailable("the broker (RabbitMQ) did not accept the tasks", {"reason": str(error)}) from error
     return replies
+
+
+def _halfway(deadline: float | None) -> float | None:
+    """Half the time left to `deadline` (time.monotonic()): the rest is for a second try."""
+    return None if deadline is None else time.monotonic() + (deadline - time.monotonic()) / 2
+
+
+def _stuck_in_worker_queues(error: PublishError, leaders: Sequence[Admission]) -> list[int] | None:
+    """The messages a retry on the shared queue may fix: those a worker's queue did not take
+    (unroutable, or unconfirmed). None when that would not do: a message was refused (nacked), or
+    one that failed was for the shared queue already."""
+    stuck = sorted({*error.unroutable, *error.unconfirmed})
+    if error.nacked or not stuck or any(leaders[i].worker_id == SHARED for i in stuck):
+        return None
+    return stuck
 
 
 def _undo(store: TaskStore, admissions: Sequence[Admission], now: int) -> None:

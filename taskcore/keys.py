@@ -19,6 +19,7 @@ DONE = "done:"            # list: wake-up marker for long-polls, pushed when a t
 WORKERS = "workers"       # zset: worker id -> last heartbeat (ms)
 WORKER = "worker:"        # hash: a worker's self-report
 RR = "rr"                 # counter: round-robin cursor
+UNCONFIRMED = "unconfirmed:"  # string with a TTL: a worker whose queue did not confirm a publish
 STATS = "stats"           # hash: counters and gauges for GET /stats
 THROUGHPUT = "tput:"      # counter per minute: tasks that became final (recent throughput)
 RECENT = "recent"         # zset: the last RECENT_TASKS task ids admitted, by submission (GET /tasks)
@@ -59,6 +60,9 @@ class Keys:
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}{WORKER}{worker_id}"
+
+    def unconfirmed(self, worker_id: str) -> str:
+        return f"{self.prefix}{UNCONFIRMED}{worker_id}"
 
     @property
     def rr(self) -> str:

@@ -45,6 +45,9 @@ end
 # Returns "expired" and changes nothing when Redis runs it after deadline_ms (its own clock): the
 # caller has given up by then and answered 503, so the admission must not happen behind its back
 # (a Redis that froze runs the commands it had received when it resumes).
+# A leader goes to the next live worker in turn (the `rr` cursor), skipping those marked
+# unconfirmed:<id> (their queue did not confirm a publish lately: dispatch.submit), or to the shared
+# queue when none is left or the mode is "shared".
 # Returns JSON: [{task_id, outcome, status, cache, worker_id, leader, result?}] in input order, where
 #   outcome is "dispatch" (publish it: a leader, cache "miss", or a "bypass"), "hit" (with the cached
 #   result, as JSON text), "coalesced" or "exists".
@@ -120,7 +123,11 @@ for i = 0, n - 1 do
       local worker = 'shared'
       if mode ~= 'shared' then
         if live == nil then
-          live = redis.call('ZRANGEBYSCORE', prefix .. 'workers', cutoff, '+inf')
+          -- Live workers whose queue confirmed the last publish sent to it (see dispatch.submit).
+          live = {}
+          for _, w in ipairs(redis.call('ZRANGEBYSCORE', prefix .. 'workers', cutoff, '+inf')) do
+            if redis.call('EXISTS', prefix .. 'unconfirmed:' .. w) == 0 then live[#live + 1] = w end
+          end
           table.sort(live)
         end
         if #live > 0 then

@@ -85,6 +85,11 @@ class TaskStorage(Protocol):
         """Reverts admissions whose publish failed; returns how many records were removed."""
         ...
 
+    def mark_unconfirmed(self, worker_ids: Sequence[str], seconds: float) -> None:
+        """Leaves these workers out of the round-robin for `seconds`: their queues did not confirm
+        a publish (admit picks the others, or the shared queue)."""
+        ...
+
     def complete(self, results: Sequence[TaskResult], now: int) -> list[Completion]:
         """Stores results with their followers, idempotently: a Completion each (unknown and
         unknown_leader: no record, nothing stored, see scripts.COMPLETE)."""
@@ -222,6 +227,12 @@ class TaskStore:
     def take_turns(self, count: int) -> int:
         """Advances the round-robin cursor by `count`; returns the first of the turns taken (0-based)."""
         return int(self.redis.incrby(self.keys.rr, count)) - count
+
+    def mark_unconfirmed(self, worker_ids: Sequence[str], seconds: float) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id in worker_ids:
+                pipe.set(self.keys.unconfirmed(worker_id), "1", px=int(seconds * 1000))
+            pipe.execute()
 
     def reassign(self, task_ids: Sequence[str], worker_id: str) -> int:
         if not task_ids:

@@ -51,20 +51,23 @@ class MemoryBroker(Broker):
 
     def publish(self, exchange: str, messages: Sequence[OutgoingMessage],
                 deadline: float | None = None) -> None:
-        # In memory a publish never waits: the deadline cannot pass.
-        verdicts: list[Verdict] = []
+        # In memory a publish never waits: a confirm that will never come is known at once, as if
+        # the deadline had passed.
+        verdicts: list[Verdict | None] = []
         for message in messages:
             try:
                 verdicts.append(self.server.publish(exchange, OutgoingMessage(*message)))
             except BrokerError as error:
                 raise PublishError(f"broker unavailable: {error!r}",
                                    unconfirmed=range(len(verdicts), len(messages))) from error
+        unconfirmed = [i for i, verdict in enumerate(verdicts) if verdict is None]
         nacked = [i for i, verdict in enumerate(verdicts) if verdict is Verdict.NACK]
         unroutable = [i for i, verdict in enumerate(verdicts) if verdict is Verdict.UNROUTABLE]
-        if nacked or unroutable:
+        if unconfirmed or nacked or unroutable:
             raise PublishError(
-                f"broker refused {len(nacked)} and could not route {len(unroutable)} message(s)",
-                nacked=nacked, unroutable=unroutable)
+                f"broker did not confirm {len(unconfirmed)}, refused {len(nacked)} and could not route "
+                f"{len(unroutable)} message(s)",
+                unconfirmed=unconfirmed, nacked=nacked, unroutable=unroutable)
 
     def queue_state(self, queue: str) -> QueueState:
         return self.server.queue_state(queue)
@@ -135,7 +138,8 @@ class MemoryConsumer(Consumer):
     def _publish(self, exchange: str, messages: Sequence[OutgoingMessage]) -> list[Verdict]:
         self._server.ensure_open(self._channel)
         try:
-            return [self._server.publish(exchange, message) for message in messages]
+            # A confirm that never comes counts as refused, as AmqpConsumer reports it.
+            return [self._server.publish(exchange, message) or Verdict.NACK for message in messages]
         except BrokerError as error:  # the channel is closed by the broker, as RabbitMQ does
             self._server.close(self._channel)
             raise BrokerUnavailable(f"broker unavailable: {error}") from error

@@ -75,6 +75,9 @@ class MemoryServer:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock  # for message TTLs; a test may pass one it advances itself
         self.available = True
+        # Queues without a leader, as RabbitMQ 3.10 may leave a quorum queue after a crash
+        # (docs/taskcore.md): what is routed to them is never confirmed, nor delivered.
+        self.leaderless: set[str] = set()
         self._changed = threading.Condition(threading.RLock())
         self._exchanges: set[str] = {DEFAULT_EXCHANGE}
         self._queues: dict[str, QueueSpec] = {}
@@ -131,7 +134,8 @@ class MemoryServer:
 
     # Messages -------------------------------------------------------------------------------------
 
-    def publish(self, exchange: str, message: OutgoingMessage) -> Verdict:
+    def publish(self, exchange: str, message: OutgoingMessage) -> Verdict | None:
+        """The broker's verdict on the message; None if it never gives one (a leaderless queue)."""
         with self._changed:
             self._check()
             if exchange not in self._exchanges:
@@ -250,13 +254,15 @@ class MemoryServer:
         if not channel.open:
             raise BrokerUnavailable(f"broker unavailable: connection {channel.name!r} is closed")
 
-    def _route(self, message: _Message) -> Verdict:
+    def _route(self, message: _Message) -> Verdict | None:
         if message.exchange == DEFAULT_EXCHANGE:
             queues = [message.routing_key] if message.routing_key in self._queues else []
         else:
             queues = list(self._bindings.get((message.exchange, message.routing_key), []))
         if not queues:
             return Verdict.UNROUTABLE
+        if self.leaderless & set(queues):
+            return None
         if any(self._full(queue) for queue in queues):
             return Verdict.NACK
         for queue in queues:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from taskcore.dispatch import janitor, stats, submit
+from taskcore.dispatch import UNCONFIRMED_SECONDS, janitor, stats, submit
 from taskcore.errors import Unavailable
 from taskcore.messages import Task, TaskSpec
 from taskcore.rabbitmq import BrokerError, Delivery
@@ -182,3 +182,42 @@ def test_stats_list_every_queue_of_the_topology_with_its_depth_or_none_when_down
     down = stats(settings, store, broker, now)
     assert down["queues"] is None and "BrokerUnavailable" in down["broker_error"]
     assert down["tasks"]["queued"] == 2  # Redis's part still answers
+
+
+def test_a_worker_queue_that_does_not_confirm_is_routed_around_and_left_out_for_a_while(
+        redis_ns: Namespace, store: TaskStore, broker: MemoryBroker) -> None:
+    """A queue without a leader (RabbitMQ 3.10 after a crash, docs/taskcore.md) never confirms: its
+    tasks go to the shared queue, and the worker is left out of the round-robin for
+    UNCONFIRMED_SECONDS, so that later submissions do not wait for it."""
+    keys, now = redis_ns.keys, now_ms()
+    broker.declare(["w1", "w2"])
+    for worker in ("w1", "w2"):
+        beat(store, worker, now)
+    broker.server.leaderless.add(keys.worker_queue("w1"))
+    replies = submit([spec(n, f"t{n}") for n in range(1, 5)], redis_ns.settings, store, broker, now,
+                     deadline_ms=now_ms() + 5000)
+    assert [r["worker_id"] for r in replies] == ["shared", "w2", "shared", "w2"]
+    assert [store.get(f"t{n}")["worker_id"] for n in range(1, 5)] == ["shared", "w2", "shared", "w2"]
+    assert task_ids(broker, keys.shared_queue) == ["t1", "t3"]
+    assert task_ids(broker, keys.worker_queue("w2")) == ["t2", "t4"]
+    ttl = store.redis.pttl(keys.unconfirmed("w1"))
+    assert 0 < ttl <= UNCONFIRMED_SECONDS * 1000
+    later = submit([spec(n, f"u{n}") for n in range(5, 8)], redis_ns.settings, store, broker, now)
+    assert [r["worker_id"] for r in later] == ["w2", "w2", "w2"]  # w1 left out: no publish waits on it
+    # Once the mark is gone, w1 takes its turn again.
+    store.redis.delete(keys.unconfirmed("w1"))
+    broker.server.leaderless.clear()
+    again = submit([spec(n, f"v{n}") for n in range(8, 10)], redis_ns.settings, store, broker, now)
+    assert sorted(r["worker_id"] for r in again) == ["w1", "w2"]
+
+
+def test_a_publish_the_shared_queue_does_not_confirm_either_is_a_503_that_leaves_nothing(
+        redis_ns: Namespace, store: TaskStore, broker: MemoryBroker) -> None:
+    keys, now = redis_ns.keys, now_ms()
+    broker.declare(["w1"])
+    beat(store, "w1", now)
+    broker.server.leaderless |= {keys.worker_queue("w1"), keys.shared_queue}
+    with pytest.raises(Unavailable):
+        submit([spec(1, "a")], redis_ns.settings, store, broker, now, deadline_ms=now_ms() + 5000)
+    assert store.get("a") is None
+    assert store.redis.exists(keys.unconfirmed("w1")) == 0  # the broker, not the worker: nobody marked
