@@ -226,12 +226,18 @@ class FunctionPool:
                 return None
             if environments - self._held(now) >= self.pacing.base:
                 return None  # enough environments churn: the line moves without another
-        environment = Environment(self.spec, self.generation, self._variables, self._logs, self._forget)
-        self._environments.add(environment)
+        environment = self._new_environment()
         self._running += 1
         self._busy_since[environment] = (now, True)
-        self.cold_starts += 1
         self.most_in_flight = max(self.most_in_flight, in_flight + 1)
+        return environment
+
+    def _new_environment(self, provisioned: bool = False) -> Environment:
+        """A new environment of the current code, counted as a cold start; not started yet."""
+        environment = Environment(self.spec, self.generation, self._variables, self._logs, self._forget)
+        environment.provisioned = provisioned
+        self._environments.add(environment)
+        self.cold_starts += 1
         return environment
 
     def _held(self, now: float) -> int:
@@ -293,10 +299,7 @@ class FunctionPool:
         return sum(await asyncio.gather(*(self._provision_one() for _ in range(wanted))))
 
     async def _provision_one(self) -> int:
-        environment = Environment(self.spec, self.generation, self._variables, self._logs, self._forget)
-        environment.provisioned = True
-        self._environments.add(environment)
-        self.cold_starts += 1
+        environment = self._new_environment(provisioned=True)
         await environment.start()
         limit = max(PROVISIONED_INIT_SECONDS, INIT_TIME_LIMIT, self.spec.timeout)
         try:

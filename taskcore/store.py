@@ -363,12 +363,17 @@ class TaskStore:
         pipe = self.redis.pipeline(transaction=False)
         for worker, _ in beats:
             pipe.hgetall(self.keys.worker(worker.decode()))
+            pipe.pttl(self.keys.unconfirmed(worker.decode()))
+        answers = pipe.execute()
         report = []
-        for (worker, beat), info in zip(beats, pipe.execute(), strict=True):
+        for (worker, beat), info, unconfirmed_ms in zip(beats, answers[::2], answers[1::2], strict=True):
             age = (now - int(beat)) / 1000
             entry: dict[str, Any] = {k.decode(): _number(v.decode()) for k, v in info.items()}
             entry.update(worker_id=worker.decode(), heartbeat_age=round(age, 3),
                          live=age < self.settings.worker_ttl)
+            if unconfirmed_ms > 0:
+                # Its queue did not confirm a publish: left out of the round-robin this much longer.
+                entry["unconfirmed_for"] = round(unconfirmed_ms / 1000, 1)
             report.append(entry)
         return sorted(report, key=lambda e: (not e["live"], e["worker_id"]))
 

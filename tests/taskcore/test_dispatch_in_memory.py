@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from taskcore.dispatch import UNCONFIRMED_SECONDS, janitor, stats, submit
+from taskcore.dispatch import UNCONFIRMED_SECONDS, janitor, stats, submit, worker_report
 from taskcore.errors import Unavailable
 from taskcore.messages import Task, TaskSpec
 from taskcore.rabbitmq import BrokerError, Delivery
@@ -202,6 +202,9 @@ def test_a_worker_queue_that_does_not_confirm_is_routed_around_and_left_out_for_
     assert task_ids(broker, keys.worker_queue("w2")) == ["t2", "t4"]
     ttl = store.redis.pttl(keys.unconfirmed("w1"))
     assert 0 < ttl <= UNCONFIRMED_SECONDS * 1000
+    report = {w["worker_id"]: w for w in worker_report(store, now)["workers"]}
+    assert 0 < report["w1"]["unconfirmed_for"] <= UNCONFIRMED_SECONDS
+    assert "unconfirmed_for" not in report["w2"]
     later = submit([spec(n, f"u{n}") for n in range(5, 8)], redis_ns.settings, store, broker, now)
     assert [r["worker_id"] for r in later] == ["w2", "w2", "w2"]  # w1 left out: no publish waits on it
     # Once the mark is gone, w1 takes its turn again.
