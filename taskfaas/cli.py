@@ -273,7 +273,9 @@ _ACCEPTED = (("TASK_ID", "task_id", 36), ("STATUS", "status", 9), ("CACHE", "cac
              ("RESULT", "outcome", 0))
 _WORKER = (("WORKER", "worker_id", 8), ("LIVE", "live", 5), ("HOST", "host", 8), ("PID", "pid", 7),
            ("CONCURRENCY", "concurrency", 11), ("IN_FLIGHT", "in_flight", 9), ("PROCESSED", "processed", 9),
-           ("HEARTBEAT_AGE", "heartbeat_age", 0))
+           ("HEARTBEAT_AGE", "heartbeat_age", 13),
+           # Seconds still left out of the round-robin: its queue did not confirm a publish.
+           ("UNCONFIRMED_FOR", "unconfirmed_for", 0))
 _BLOCK_FIELDS = ("task_id", "status", "type", "payload", "complexity", "cache", "existing", "worker_id",
                  "leader", "attempt", "submitted_at", "started_at", "finished_at", "result", "error",
                  "result_url")

@@ -95,7 +95,9 @@ def test_workers_and_stats_answer(cli: CliRunner, stack: Stack) -> None:
     assert live == {w["worker_id"] for w in stack.workers()["workers"]} and len(live) == 2
     table = cli("workers")
     assert table.out.splitlines()[0].split()[:2] == ["WORKER", "LIVE"]
+    assert table.out.splitlines()[0].split()[-1] == "UNCONFIRMED_FOR"
     assert {line.split()[0] for line in table.out.splitlines()[1:]} == live
+    assert {line.split()[-1] for line in table.out.splitlines()[1:]} == {"-"}  # every queue confirms
 
     stats = cli("stats", "--json")
     assert stats.code == 0, stats.err
