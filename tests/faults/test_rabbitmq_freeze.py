@@ -22,7 +22,7 @@ from taskcore.messages import fingerprint
 from taskcore.rabbitmq import BrokerUnavailable, PublishError
 from taskcore.rabbitmq.amqp import AmqpBroker
 from taskcore.settings import Settings
-from taskfaas.stack import eventually, new_namespace
+from taskfaas.stack import cleanup, eventually, new_namespace
 from tests.faults.conftest import REPORT, Faults, PrivateRabbitMQ
 from tests.faults.helpers import new_id, sleep_task, unique_seconds
 
@@ -97,6 +97,9 @@ def test_a_frozen_broker_fails_publishes_in_time_and_a_resumed_one_takes_them(
         assert set(got) <= {"before", "frozen1", "frozen2", "after"}, got
     finally:
         broker.close()
+        # Its queues die with the private node; its owner's marker is on the shared Redis.
+        cleanup(settings.namespace, rabbitmq_url=private_rabbitmq.url,
+                rabbitmqctl=private_rabbitmq.rabbitmqctl)
 
 
 def test_submission_answered_503_while_the_broker_is_frozen_leaves_nothing(
