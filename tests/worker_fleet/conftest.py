@@ -25,7 +25,7 @@ from taskcore.rabbitmq.amqp import AmqpBroker
 from taskcore.rabbitmq.pika_consumer import connection_parameters
 from taskcore.settings import Settings
 from taskcore.store import TaskStore, now_ms
-from taskfaas.stack import eventually, new_namespace, terminated_with_parent
+from taskfaas.stack import REDIS_URL, eventually, new_namespace, terminated_with_parent
 
 ROOT = Path(__file__).parents[2]
 
@@ -160,6 +160,10 @@ class Env:
         if keys:
             self.store.redis.delete(*keys)
         self.store.redis.close()
+        if self.settings.redis_url != REDIS_URL:
+            # A private Redis: the namespace's owner marker is on the shared one (new_namespace).
+            with redis.Redis.from_url(REDIS_URL) as shared:
+                shared.delete(self.keys.owner)
 
 
 @pytest.fixture
