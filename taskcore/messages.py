@@ -329,8 +329,20 @@ def deadline_for(now: int, settings: Settings) -> int:
 
 def caller_deadline(value: str | None, now: int, settings: Settings) -> int:
     """The deadline the supervisor works to: the one the caller sent (DEADLINE_HEADER), but never
-    later than deadline_for(now), which is also what a caller that sent none (or not a number) gets."""
+    later than deadline_for(now), which is also what a caller that sent none gets.
+
+    A value that is not ms since the epoch is a 400 (invalid_deadline). So is a deadline already
+    passed when the request arrives (deadline_passed): like a SigV4 request whose signature has
+    expired, it is refused before anything is done. A deadline that passes while the tasks are
+    being admitted is the dependencies' doing, and a 503 (dispatch.submit)."""
     latest = deadline_for(now, settings)
-    if value is None or not (value.isascii() and value.isdigit() and len(value) <= 15):
+    if value is None:
         return latest
-    return min(int(value), latest)
+    if not (value.isascii() and value.isdigit() and len(value) <= 15):
+        raise ValidationError("invalid_deadline", f"{DEADLINE_HEADER} must be an integer number of "
+                              "ms since the epoch (at most 15 digits)", {"header": DEADLINE_HEADER})
+    deadline = int(value)
+    if deadline <= now:
+        raise ValidationError("deadline_passed", f"the request arrived after its {DEADLINE_HEADER}; "
+                              "nothing was admitted", {"late_by_ms": now - deadline})
+    return min(deadline, latest)

@@ -120,8 +120,12 @@ class SupervisorClient:
             raise Unavailable("the supervisor refused the producer's credentials",
                               {"status": response.status, "reason": reply.get("Message")
                                if isinstance(reply, dict) else None})
+        error = reply.get("error") if isinstance(reply, dict) else None
+        error = error if isinstance(error, dict) else {}
+        if error.get("code") == "deadline_passed":  # it got our request late: not our client's fault
+            raise Unavailable("the supervisor received the submission after the producer's deadline",
+                              {"status": response.status, "reason": error.get("message")})
         if response.status >= 500:
-            reason = (reply.get("error") or {}).get("message") if isinstance(reply, dict) else None
             raise Unavailable("the supervisor could not take the tasks",
-                              {"status": response.status, "reason": reason})
+                              {"status": response.status, "reason": error.get("message")})
         return SupervisorReply(response.status, reply)

@@ -6,6 +6,7 @@ million, sleeps of ten minutes) wait in their queues until the namespace is remo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
 
 from taskcore.signing import Signer
@@ -26,6 +28,11 @@ REFUSALS = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422"
 schema = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.yaml", config=SchemathesisConfig.from_dict(
     {"checks": {"negative_data_rejection": {"expected-statuses": REFUSALS}}}))
 PRODUCER_PATHS = ("/produce", "/generate")
+# The document's format for the deadline header: ms since the epoch, still ahead when the request
+# arrives (one already passed is a 400). schemathesis may send a case a while after drawing it, so
+# the deadlines drawn are a minute to a year ahead; the supervisor cuts them to its own 10 s wait.
+schemathesis.openapi.format("epoch-ms-deadline", st.integers(60_000, 365 * 86_400_000).map(
+    lambda ahead_ms: str(int(time.time() * 1000) + ahead_ms)))
 
 
 @pytest.fixture(scope="module")

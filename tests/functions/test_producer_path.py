@@ -73,17 +73,20 @@ def test_generate_submits_through_the_supervisor_which_assigns_the_ids(functions
     assert all(status == 200 for status, _ in records)
 
 
-def test_a_submission_past_the_callers_deadline_is_a_503_that_admits_nothing(functions_stack: Stack) -> None:
+def test_a_submission_that_arrives_past_the_callers_deadline_is_refused_and_admits_nothing(
+        functions_stack: Stack) -> None:
     """The producer sends the time it stops waiting (taskcore.messages.DEADLINE_HEADER); a
-    supervisor that would admit after it answers 503 instead, having admitted nothing."""
+    submission that reaches the supervisor after it is a 400 deadline_passed that admits nothing,
+    and a header that is not a deadline a 400 invalid_deadline."""
     task_id = f"late-{uuid.uuid4().hex[:12]}"
     raw = json.dumps({"type": "hash", "payload": {"data": task_id}, "task_id": task_id}).encode()
     url = functions_stack.supervisor + "supervise"
-    headers = {**JSON, DEADLINE_HEADER: "1000"}  # 1970: given up long ago
-    status, _, reply = http("POST", url, raw, functions_stack.signer.headers("POST", url, raw, headers))
-    assert status == 503, reply
-    assert json.loads(reply)["error"]["code"] == "unavailable"
-    assert functions_stack.result(task_id)[0] == 404
+    for value, code in (("1000", "deadline_passed"), ("soon", "invalid_deadline")):  # 1000: 1970
+        headers = {**JSON, DEADLINE_HEADER: value}
+        status, _, reply = http("POST", url, raw, functions_stack.signer.headers("POST", url, raw, headers))
+        assert status == 400, reply
+        assert json.loads(reply)["error"]["code"] == code
+        assert functions_stack.result(task_id)[0] == 404
     # Sent with a deadline still ahead, the same submission is admitted.
     ahead = {**JSON, DEADLINE_HEADER: str(int(time.time() * 1000) + 5000)}
     status, _, reply = http("POST", url, raw, functions_stack.signer.headers("POST", url, raw, ahead))

@@ -319,6 +319,8 @@ def test_nothing_listening_and_not_http(scripted) -> None:
     (lambda peer: (peer.read_request(), peer.sendall(answer(503, b'{"error": {}}'))),
      "could not take the tasks"),
     (lambda peer: peer.read_request(), "unreachable"),
+    (lambda peer: (peer.read_request(), peer.sendall(answer(400, b'{"error": {"code": "deadline_passed"}}'))),
+     "after the producer's deadline"),  # got our request late: a 503 for our client, not its 400
 ])
 def test_the_supervisor_client_turns_failures_into_unavailable(scripted, script, message) -> None:
     server = scripted([script])

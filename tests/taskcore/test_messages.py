@@ -352,7 +352,18 @@ def test_the_supervisor_works_to_the_callers_deadline_but_never_past_its_own_wai
     own = deadline_for(1_000_000, settings)
     assert own == 1_000_000 + 10_000 - DEADLINE_MARGIN_MS
     assert caller_deadline(str(1_000_500), 1_000_000, settings) == 1_000_500
-    assert caller_deadline("5", 1_000_000, settings) == 5  # long gone: nothing will be admitted
     assert caller_deadline(str(own + 60_000), 1_000_000, settings) == own  # no caller buys more time
-    for absent_or_garbage in (None, "", "soon", "-5", "1e9", "١٢٣", "9" * 16):
-        assert caller_deadline(absent_or_garbage, 1_000_000, settings) == own
+    assert caller_deadline(None, 1_000_000, settings) == own
+
+
+def test_a_deadline_header_that_is_garbage_or_already_passed_is_refused() -> None:
+    settings = Settings.from_env({}, supervisor_timeout=10.0)
+    for garbage in ("", "soon", "-5", "1e9", "١٢٣", "9" * 16):
+        with pytest.raises(ValidationError) as caught:
+            caller_deadline(garbage, 1_000_000, settings)
+        assert caught.value.code == "invalid_deadline", garbage
+    for passed in ("5", "1000000"):  # long gone, and due this very ms
+        with pytest.raises(ValidationError) as caught:
+            caller_deadline(passed, 1_000_000, settings)
+        assert caught.value.code == "deadline_passed"
+        assert caught.value.details["late_by_ms"] == 1_000_000 - int(passed)
