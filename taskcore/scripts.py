@@ -278,7 +278,8 @@ return cjson.encode(out)
 # A worker starts an attempt.
 # KEYS: none.
 # ARGV: prefix, task_id, worker_id, started_at_ms, attempt, result_ttl_s, running_ttl_ms,
-#       redelivered ("1" or "0"), delivery_limit (0: the broker counts deliveries).
+#       redelivered ("1" or "0"), delivery_limit (0: the broker counts deliveries), stolen_from
+#       (the worker whose queue the message was taken from by another, or "": kept as `stolen_from`).
 # Returns "running", "final" (already done: the worker should ack without running it again),
 # "missing" (no record: the admission was undone or the record expired) or "poison" (delivered
 # again more than delivery_limit times: the worker dead-letters it unrun).
@@ -292,7 +293,7 @@ return cjson.encode(out)
 MARK_RUNNING = """
 local prefix, id, worker, started, attempt = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local result_ttl, running_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
-local redelivered, limit = ARGV[8], tonumber(ARGV[9])
+local redelivered, limit, stolen_from = ARGV[8], tonumber(ARGV[9]), ARGV[10]
 local tkey = prefix .. 'task:' .. id
 local rec = redis.call('HMGET', tkey, 'status', 'fingerprint')
 if not rec[1] then return 'missing' end
@@ -301,6 +302,11 @@ if limit > 0 and redelivered == '1' and redis.call('HINCRBY', tkey, 'deliveries'
   return 'poison'
 end
 redis.call('HSET', tkey, 'status', 'running', 'worker_id', worker, 'started_at', started, 'attempt', attempt)
+if stolen_from ~= '' then
+  redis.call('HSET', tkey, 'stolen_from', stolen_from)
+else
+  redis.call('HDEL', tkey, 'stolen_from')  -- an earlier attempt's, if any, says nothing of this one
+end
 redis.call('PEXPIRE', tkey, result_ttl * 1000 + running_ttl)
 if rec[1] == 'queued' then
   redis.call('HINCRBY', prefix .. 'stats', 'queued', -1)

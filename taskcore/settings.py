@@ -51,6 +51,9 @@ class Settings:
     # but a worker that hangs holds that many tasks until the broker drops its connection, out of
     # the janitor's reach. From the shared queue it always takes only `concurrency`.
     prefetch_multiplier: int = 1
+    # A worker with a slot idle takes tasks queued for busy workers (docs/worker_fleet.md, "Work
+    # stealing"); the round-robin still decides where each goes first. Off: each waits for its own.
+    work_stealing: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -101,6 +104,12 @@ class Settings:
 
 def _parse(name: str, annotation: Any, raw: str) -> Any:
     kind = str(annotation)
+    if "bool" in kind:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name.upper()}={raw!r} is not a yes/no value (1/0, true/false, on/off)")
     try:
         if "int" in kind and "float" not in kind:
             return int(raw)

@@ -96,9 +96,10 @@ class TaskStorage(Protocol):
         ...
 
     def mark_running(self, task_id: str, worker_id: str, attempt: int, started_at: int,
-                     complexity: int, redelivered: bool = False) -> RunVerdict:
+                     complexity: int, redelivered: bool = False, stolen_from: str = "") -> RunVerdict:
         """A worker starts an attempt: running, final (skip it), missing (drop it) or poison (a
-        redelivery past the delivery limit on classic queues: dead-letter it)."""
+        redelivery past the delivery limit on classic queues: dead-letter it). `stolen_from`: the
+        worker whose queue it was taken from, kept in the record (none: the field is removed)."""
         ...
 
     def get(self, task_id: str) -> dict[str, Any] | None:
@@ -256,12 +257,12 @@ class TaskStore:
         return [Completion(outcome) for outcome in json.loads(self._complete(args=args))]
 
     def mark_running(self, task_id: str, worker_id: str, attempt: int, started_at: int,
-                     complexity: int = 1, redelivered: bool = False) -> RunVerdict:
+                     complexity: int = 1, redelivered: bool = False, stolen_from: str = "") -> RunVerdict:
         # Quorum queues count deliveries themselves (x-delivery-limit); classic ones do not.
         limit = self.settings.delivery_limit if self.settings.queue_type == "classic" else 0
         verdict = self._mark_running(args=[
             self.keys.prefix, task_id, worker_id, started_at, attempt, self.settings.result_ttl,
-            self.settings.running_ttl_ms(complexity), int(redelivered), limit])
+            self.settings.running_ttl_ms(complexity), int(redelivered), limit, stolen_from])
         return RunVerdict(verdict.decode() if isinstance(verdict, bytes) else verdict)
 
     # Reading ------------------------------------------------------------------------------------

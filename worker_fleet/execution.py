@@ -58,10 +58,10 @@ def attempt_number(task: Task) -> int:
 
 
 def run_attempt(task: Task, worker_id: str, settings: Settings, store: TaskStore,
-                cancel: threading.Event, redelivered: bool = False) -> AttemptOutcome:
+                cancel: threading.Event, redelivered: bool = False, stolen_from: str = "") -> AttemptOutcome:
     attempt = attempt_number(task)
     started = now_ms()
-    state = _mark_running(task, worker_id, attempt, started, store, redelivered)
+    state = _mark_running(task, worker_id, attempt, started, store, redelivered, stolen_from)
     if state == "poison":
         log("poison", task_id=task.task_id, worker_id=worker_id, attempt=attempt,
             delivery_limit=settings.delivery_limit)
@@ -70,7 +70,7 @@ def run_attempt(task: Task, worker_id: str, settings: Settings, store: TaskStore
         log("skipped", task_id=task.task_id, worker_id=worker_id, attempt=attempt, reason=state)
         return AttemptOutcome("skipped", started, now_ms(), reason=state)
     log("started", task_id=task.task_id, worker_id=worker_id, pid=os.getpid(), attempt=attempt,
-        type=task.type)
+        type=task.type, **({"stolen_from": stolen_from} if stolen_from else {}))
     try:
         result = _compute(task, settings, cancel)
         outcome = AttemptOutcome("succeeded", started, now_ms(), result=result)
@@ -101,11 +101,11 @@ def _pause(seconds: float, cancel: threading.Event) -> None:
 
 
 def _mark_running(task: Task, worker_id: str, attempt: int, started: int, store: TaskStore,
-                  redelivered: bool) -> str:
+                  redelivered: bool, stolen_from: str) -> str:
     try:
         return REDIS_RETRY.call(
             lambda: store.mark_running(task.task_id, worker_id, attempt, started, task.complexity,
-                                       redelivered),
+                                       redelivered, stolen_from),
             redis.RedisError, MARK_RUNNING_TRIES)
     except redis.RedisError as error:
         log("redis_unavailable", worker_id=worker_id, task_id=task.task_id, op="mark_running",

@@ -50,6 +50,9 @@ class Heartbeat:
                                       socket_timeout=settings.redis_timeout,
                                       client_name=f"{settings.namespace}heartbeat:{worker_id}")
         self.store = TaskStore(settings, client)
+        # The live workers as of the last beat, this one included (read by the connection thread,
+        # which steals from their queues; replacing a tuple is atomic).
+        self.live: tuple[str, ...] = ()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{worker_id}", daemon=True)
 
@@ -70,6 +73,8 @@ class Heartbeat:
         except BaseException:
             self.processed.add(processed)
             raise
+        if self.settings.work_stealing:
+            self.live = tuple(self.store.live_workers(now_ms()))
 
     def _run(self) -> None:
         failing = False

@@ -23,6 +23,9 @@ class Job:
     # The broker delivered it before (its worker died or lost its connection): on classic queues
     # mark_running counts such deliveries against the delivery limit.
     redelivered: bool = False
+    # The worker whose queue it was stolen from (this one's slot was idle), or "" (its own queue,
+    # or the shared one).
+    stolen_from: str = ""
     cancel: threading.Event = field(default_factory=threading.Event)
     started_at: int = 0
     # The outcome that counts: set once; a later one (a thread outliving its time limit) is discarded.

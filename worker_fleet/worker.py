@@ -27,7 +27,7 @@ from typing import Any
 from taskcore.backoff import RECONNECT, REPUBLISH
 from taskcore.keys import Keys
 from taskcore.messages import MessageError
-from taskcore.rabbitmq import Broker, BrokerError, Consumer, Delivery, Verdict
+from taskcore.rabbitmq import Broker, BrokerError, Consumer, Delivery, QueueNotFound, Verdict
 from taskcore.settings import Settings
 from taskcore.store import TaskStore, now_ms
 from worker_fleet.execution import AttemptOutcome, run_attempt
@@ -39,6 +39,15 @@ from worker_fleet.outcomes import publication_for
 # Longest the connection thread blocks at once: the stop flag is seen at least this often.
 POLL_SECONDS = 0.25
 DEFAULT_GRACE_SECONDS = 30.0
+# Work stealing (docs/worker_fleet.md): a slot left free this long, with nothing of the worker's own
+# arriving for it, takes a task queued for another worker. Its own queue goes first: the broker
+# delivers the next of its own within a round trip of the ack. A round that finds nothing doubles
+# the pause before the next, up to STEAL_MAX_PAUSE_SECONDS, so that an idle fleet asks the broker
+# little (4 workers: 12 gets a second); the end of a task brings it back to STEAL_AFTER_SECONDS.
+STEAL_AFTER_SECONDS = 0.05
+STEAL_MAX_PAUSE_SECONDS = 1.0
+# A get unanswered this long is given up (a quorum queue without a leader never answers).
+STEAL_TIMEOUT_SECONDS = 1.0
 
 
 class WorkerState(StrEnum):
@@ -81,6 +90,10 @@ class Worker:
         self._running: dict[int, Job] = {}  # by delivery tag: started and not yet acked
         self._started_at = now_ms()
         self._processed = Tally()  # attempts ended, for the heartbeat's `processed`
+        self._heartbeat: Heartbeat | None = None
+        self._steal_pause = STEAL_AFTER_SECONDS
+        self._steal_at = 0.0  # time.monotonic() of the next steal round
+        self._steal_turn = 0  # the peer a round starts with, so that no worker is always robbed first
 
     # Lifecycle ----------------------------------------------------------------------------------
 
@@ -95,7 +108,7 @@ class Worker:
     def run(self) -> None:
         """Runs until stop(): connects, consumes, reconnects with backoff when the broker goes away,
         and on stop finishes the tasks in hand within the grace period."""
-        heartbeat = Heartbeat(self.settings, self.worker_id, self.info, self._processed)
+        heartbeat = self._heartbeat = Heartbeat(self.settings, self.worker_id, self.info, self._processed)
         heartbeat.start()
         log("worker_started", worker_id=self.worker_id, pid=os.getpid(), concurrency=self.concurrency)
         try:
@@ -140,10 +153,12 @@ class Worker:
         consumer.consume(self.keys.shared_queue, self.concurrency, self._on_delivery)
         log("connected", worker_id=self.worker_id, pid=os.getpid())
         self._backoff.reset()
+        self._steal_at = time.monotonic() + STEAL_AFTER_SECONDS  # what is queued for it comes first
         while not self._stopping.is_set():
             # Returns as soon as it dispatched something; what those callbacks settled is then
             # published as one batch.
-            self._poll(POLL_SECONDS)
+            self._poll(self._poll_seconds())
+            self._steal()
         self._drain(consumer)
         consumer.close()
 
@@ -187,7 +202,7 @@ class Worker:
 
     # Deliveries ---------------------------------------------------------------------------------
 
-    def _on_delivery(self, delivery: Delivery) -> None:
+    def _on_delivery(self, delivery: Delivery, stolen_from: str = "") -> None:
         assert self._consumer is not None
         try:
             task = parse_task(delivery.body)
@@ -197,7 +212,7 @@ class Worker:
                 body=delivery.body[:200].decode("utf-8", "replace"))
             self._consumer.reject(delivery.tag, requeue=False)
             return
-        self._waiting.append(Job(task, delivery.tag, self._consumer, delivery.redelivered))
+        self._waiting.append(Job(task, delivery.tag, self._consumer, delivery.redelivered, stolen_from))
         self._start_jobs()
 
     def _start_jobs(self) -> None:
@@ -215,7 +230,7 @@ class Worker:
             return
         try:
             outcome = run_attempt(job.task, self.worker_id, self.settings, self.store, job.cancel,
-                                  job.redelivered)
+                                  job.redelivered, job.stolen_from)
             if outcome.status not in ("skipped", "poison"):
                 self._processed.add()
         except Exception as error:  # a bug in the worker must still end in an outcome, not a lost task
@@ -280,6 +295,7 @@ class Worker:
                     log(plan.event, worker_id=self.worker_id, task_id=job.task.task_id, **plan.fields)
                 consumer.ack(job.tag)  # goes out with the next poll, without a round trip of its own
                 del self._running[job.tag]
+                self._steal_soon()
             else:
                 job.publish_failures += 1
                 delay = REPUBLISH.pause(job.publish_failures)
@@ -290,3 +306,47 @@ class Worker:
                 consumer.call_later(delay, functools.partial(self._settle, job, job.decided))
         self._start_jobs()
 
+    # Work stealing ------------------------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        return self.concurrency - len(self._running) - len(self._waiting)
+
+    def _steal_soon(self) -> None:
+        """A slot was freed: if nothing of its own comes for it, it steals after STEAL_AFTER_SECONDS."""
+        self._steal_pause = STEAL_AFTER_SECONDS
+        self._steal_at = min(self._steal_at, time.monotonic() + STEAL_AFTER_SECONDS)
+
+    def _poll_seconds(self) -> float:
+        if not self.settings.work_stealing or self._free_slots() <= 0:
+            return POLL_SECONDS
+        return min(POLL_SECONDS, max(0.0, self._steal_at - time.monotonic()))
+
+    def _steal(self) -> None:
+        """With slots free and the pause over, takes tasks from the queues of the other live workers
+        (those the heartbeat last saw), one get at a time, until the slots are full or the queues
+        empty. A stolen message stays unacked until its outcome is confirmed, as any other; if this
+        worker dies first, it goes back to the queue it came from."""
+        consumer = self._consumer
+        if (not self.settings.work_stealing or consumer is None or self.state is not WorkerState.CONSUMING
+                or self._free_slots() <= 0 or time.monotonic() < self._steal_at):
+            return
+        live = self._heartbeat.live if self._heartbeat is not None else ()
+        peers = [worker for worker in live if worker != self.worker_id]
+        self._steal_turn += 1
+        stolen = 0
+        for index in range(len(peers)):
+            peer = peers[(self._steal_turn + index) % len(peers)]
+            while self._free_slots() > 0:
+                try:
+                    delivery = consumer.steal(self.keys.worker_queue(peer), STEAL_TIMEOUT_SECONDS)
+                except QueueNotFound:  # reaped since the heartbeat looked
+                    break
+                if delivery is None:
+                    break
+                stolen += 1
+                self._on_delivery(delivery, stolen_from=peer)
+            if self._free_slots() <= 0:
+                break
+        pause = STEAL_AFTER_SECONDS if stolen else min(2 * self._steal_pause, STEAL_MAX_PAUSE_SECONDS)
+        self._steal_pause = pause
+        self._steal_at = time.monotonic() + self._steal_pause

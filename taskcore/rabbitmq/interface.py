@@ -262,6 +262,14 @@ class Consumer(ABC):
         to `seconds` for one; returns soon after some ran. Keeps the broker's heartbeats flowing."""
 
     @abstractmethod
+    def steal(self, queue: str, timeout: float) -> Delivery | None:
+        """Takes the next ready message of `queue` (another worker's), unacked, or None when there
+        is none or the broker did not answer within `timeout` (a quorum queue without a leader
+        never does). Acked or rejected by its tag like a consumed delivery, and returned to `queue`
+        if this connection closes first. Raises QueueNotFound (without harm to the deliveries this
+        connection holds: in RabbitMQ a 404 closes the channel, so each steal has one of its own)."""
+
+    @abstractmethod
     def ack(self, tag: int) -> None:
         """Acks a delivery; may leave with the next poll rather than at once (no round trip)."""
 

@@ -129,6 +129,9 @@ class MemoryConsumer(Consumer):
         for callback in self._server.wait(self._channel, seconds):
             callback()
 
+    def steal(self, queue: str, timeout: float) -> Delivery | None:
+        return self._server.get(self._channel, queue)  # a missing queue closes no channel here
+
     def ack(self, tag: int) -> None:
         self._server.settle(self._channel, tag, ack=True)
 

@@ -18,6 +18,7 @@ wait). The worker's acks use `_impl` too (no blocking flush per ack). pika is pi
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -145,6 +146,11 @@ class AmqpConsumer(Consumer):
         # Shown by rabbitmqctl/the management UI; the namespace tells apart stacks sharing a broker.
         params.client_properties = {"connection_name": name}
         self._consumer_tags: list[str] = []
+        # Stolen deliveries, by the (negative, so distinct from the consuming channel's) tag the worker
+        # knows them by: the channel each came on, which holds nothing else, and its tag there.
+        self._stolen: dict[int, tuple[BlockingChannel, int]] = {}
+        self._stolen_keys = itertools.count(-1, -1)
+        self._spare: BlockingChannel | None = None  # a steal channel that found its queue empty
         with translated():
             self._connection = pika.BlockingConnection(params)
             try:
@@ -185,7 +191,49 @@ class AmqpConsumer(Consumer):
         if not self._connection.is_open:
             raise BrokerUnavailable("broker unavailable: the connection is closed")
 
+    def steal(self, queue: str, timeout: float) -> Delivery | None:
+        channel, self._spare = self._spare, None
+        got: list[tuple[Any, pika.BasicProperties, bytes]] = []
+        with translated(queue):
+            channel = channel or self._connection.channel()
+            # pika internals: BlockingChannel.basic_get cannot be given a timeout, and a quorum queue
+            # without a leader never answers; so the impl channel's get, and a bounded wait for it
+            # or for the GetEmpty that BlockingChannel records (reset when the block ends).
+            impl, empty = channel._impl, channel._basic_getempty_result
+            with empty, _IoloopTimerContext(timeout, self._connection._impl) as timer:
+                impl.basic_get(queue, lambda _channel, method, properties, body: got.append(
+                    (method, properties, body)), auto_ack=False)
+                channel._flush_output(lambda: bool(got), empty.is_ready, timer.is_ready)
+                was_empty = empty.is_ready()
+        if not got:
+            if was_empty:
+                self._spare = channel
+            else:  # no answer: a message that comes later goes back to its queue when this closes
+                with contextlib.suppress(*PIKA_ERRORS):
+                    impl.close()
+            return None
+        method, properties, body = got[0]
+        key = next(self._stolen_keys)
+        self._stolen[key] = (channel, method.delivery_tag)
+        return Delivery(key, body, method.routing_key, method.exchange, method.redelivered,
+                        properties.message_id, properties.headers or {})
+
+    def _settle_stolen(self, key: int, ack: bool, requeue: bool) -> None:
+        channel, tag = self._stolen.pop(key)
+        with translated():
+            if ack:
+                channel.basic_ack(tag)
+            else:
+                channel.basic_reject(tag, requeue=requeue)
+            if self._spare is None:
+                self._spare = channel
+            else:
+                channel.close()
+
     def ack(self, tag: int) -> None:
+        if tag < 0:
+            self._settle_stolen(tag, ack=True, requeue=False)
+            return
         # pika internal: the impl channel's basic_ack only queues the frame, which goes out with the
         # next poll, a moment later; BlockingChannel.basic_ack flushes it at once, a blocking write
         # per ack that cost a fifth of a worker's CPU at high rates. (try, not `translated`: an ack
@@ -196,6 +244,9 @@ class AmqpConsumer(Consumer):
             raise BrokerUnavailable(f"broker unavailable: {error!r}") from error
 
     def reject(self, tag: int, requeue: bool) -> None:
+        if tag < 0:
+            self._settle_stolen(tag, ack=False, requeue=requeue)
+            return
         with translated():
             self._channel.basic_reject(tag, requeue=requeue)
 

@@ -308,3 +308,48 @@ def test_a_closed_connection_is_broker_unavailable_to_its_consumer(side: Side) -
         consumer.poll(0.01)
     consumer.call_soon_threadsafe(lambda: None)  # does nothing, raises nothing
     consumer.close()  # twice is fine
+
+
+def test_a_consumer_steals_from_another_workers_queue_without_harm_to_what_it_holds(side: Side) -> None:
+    """Consumer.steal, as a worker with an idle slot uses it (docs/worker_fleet.md, "Work stealing"):
+    one message at a time off another worker's queue, settled by its tag like a consumed one; a
+    missing queue is QueueNotFound and leaves the consumer's own deliveries unharmed; what it holds
+    unacked when its connection closes goes back to the queue it was stolen from."""
+    broker, keys = side.broker(), side.keys
+    for worker in ("thief", "victim"):
+        side.track(keys.worker_queue(worker))
+    broker.declare(["thief", "victim"])
+    broker.publish(keys.tasks_exchange, [("w.thief", b"own", "o"), ("w.victim", b"v1", "a"),
+                                         ("w.victim", b"v2", "b"), ("w.victim", b"v3", "c")])
+    consumer = broker.open_consumer("worker thief")
+    own: list[Delivery] = []
+    try:
+        consumer.consume(keys.worker_queue("thief"), 1, own.append)
+        eventually(lambda: consumer.poll(0.05) or own, 5, "the thief's own delivery")
+        first = consumer.steal(keys.worker_queue("victim"), 5)
+        second = consumer.steal(keys.worker_queue("victim"), 5)
+        assert first is not None and second is not None
+        assert (first.body, first.message_id, second.body) == (b"v1", "a", b"v2")
+        assert len({own[0].tag, first.tag, second.tag}) == 3  # one tag space for the worker's jobs
+        with pytest.raises(QueueNotFound):
+            consumer.steal(keys.worker_queue("reaped"), 5)
+        consumer.ack(first.tag)
+        consumer.reject(second.tag, requeue=True)
+        consumer.ack(own[0].tag)  # the 404 closed no channel the consumer holds deliveries on
+        consumer.poll(0.1)
+        third = consumer.steal(keys.worker_queue("victim"), 5)
+        assert third is not None and third.body in (b"v2", b"v3")
+    finally:
+        consumer.close()
+    # v1 acked; v2 requeued; the one still held when the connection closed went back to the victim.
+    eventually(lambda: broker.queue_state(keys.worker_queue("victim")).messages == 2, 5,
+               "the stolen, unacked message back in its queue")
+    assert sorted(d.body for d in read_all(broker, keys.worker_queue("victim"))) == [b"v2", b"v3"]
+    assert broker.queue_state(keys.worker_queue("thief")).messages == 0
+    with broker.reader(keys.worker_queue("victim")) as reader:
+        assert reader.get() is None
+    empty = broker.open_consumer("worker thief")
+    try:
+        assert empty.steal(keys.worker_queue("victim"), 5) is None
+    finally:
+        empty.close()

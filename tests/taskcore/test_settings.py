@@ -52,3 +52,12 @@ def test_settings_are_frozen() -> None:
     s = Settings.from_env({})
     with pytest.raises(AttributeError):
         s.namespace = "y"  # type: ignore[misc]
+
+
+def test_yes_no_settings() -> None:
+    assert Settings.from_env({}).work_stealing is True
+    for raw, value in (("off", False), ("0", False), ("No", False), ("on", True), ("1", True),
+                       ("TRUE", True)):
+        assert Settings.from_env({"WORK_STEALING": raw}).work_stealing is value, raw
+    with pytest.raises(SettingsError, match="WORK_STEALING"):
+        Settings.from_env({"WORK_STEALING": "sometimes"})

@@ -212,6 +212,17 @@ def test_mark_running(store: TaskStore, ns: Namespace) -> None:
     assert stats["tasks"] == {"queued": 0, "running": 0, "succeeded": 1, "failed": 0}
 
 
+def test_mark_running_keeps_whose_queue_a_stolen_task_came_from_for_that_attempt(store: TaskStore) -> None:
+    store.admit([task("s")], NOW)
+    assert store.mark_running("s", "w2", 1, NOW + 10, stolen_from="w1") is RunVerdict.RUNNING
+    record = store.get("s")
+    assert (record["worker_id"], record["stolen_from"]) == ("w2", "w1")
+    # Delivered again (w2 died) and run by w1 from its own queue: the record says so.
+    assert store.mark_running("s", "w1", 1, NOW + 20, redelivered=True) is RunVerdict.RUNNING
+    record = store.get("s")
+    assert record["worker_id"] == "w1" and "stolen_from" not in record
+
+
 @pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 def test_mark_running_counts_redeliveries_on_classic_queues(ns: Namespace, queue_type: str) -> None:
     """Classic queues have no x-delivery-limit: the worker's MARK_RUNNING counts each redelivery of
