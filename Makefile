@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv services test lint run load-test clean-state bench soak clean
+.PHONY: venv services test lint run load-test clean-state bench bench-schedule soak clean
 
 # The first install takes about a minute: say so, and show a line per package pip fetches (not
 # the hundred "Requirement already satisfied" of a re-install); all of pip's output is kept in
@@ -61,6 +61,14 @@ bench: venv services
 		$(if $(QUICK),--quick)
 	env $$(grep -E '^(RABBITMQ_URL|REDIS_URL)=' infra/local.env) $(BIN)/python bench/compare.py \
 		$(if $(QUICK),--quick) $(ARGS)
+	env $$(grep -E '^(RABBITMQ_URL|REDIS_URL)=' infra/local.env) $(BIN)/python bench/schedule.py \
+		$(if $(QUICK),--only default,one-long)
+
+# Makespan against the ideal for issue 12's mixes, in each dispatch mode (about 4 minutes; also the
+# last part of `make bench`). ARGS go to bench/schedule.py (ARGS="--only spread --modes stealing").
+bench-schedule: venv services
+	$(BIN)/python infra/provision.py
+	env $$(grep -E '^(RABBITMQ_URL|REDIS_URL)=' infra/local.env) $(BIN)/python bench/schedule.py $(ARGS)
 
 # 50,000 tasks at a steady rate with a worker SIGKILLed every 3 s; prints where every task ended.
 soak: venv services

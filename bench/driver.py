@@ -294,6 +294,7 @@ class _Run:
         task = self.outcomes[index]
         task.result_at = self.now()
         task.worker_id = record.get("worker_id")
+        task.stolen_from = record.get("stolen_from")
         finished, submitted = record.get("finished_at"), record.get("submitted_at")
         if isinstance(finished, int | float) and isinstance(submitted, int | float):
             task.server_ms = float(finished - submitted)

@@ -92,6 +92,15 @@ def server_info(results_url: str, signer: Signer | None, timeout: float = 5.0) -
     return info
 
 
+def unit_seconds(given: float | None, env_file: Path) -> float:
+    """The stack's TASK_UNIT_SECONDS: as given, else as the environment or the env file sets it."""
+    if given is not None:
+        return given
+    file_values = dotenv_values(env_file, interpolate=False) if env_file.exists() else {}
+    raw = os.environ.get("TASK_UNIT_SECONDS") or file_values.get("TASK_UNIT_SECONDS") or "1"
+    return float(raw)
+
+
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a default only where there is one worth showing."""
 
@@ -137,6 +146,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     target.add_argument("--results", help="results base URL (GET {results}results/{id}?wait=S)")
     target.add_argument("--env-file", type=Path, default=ROOT / "infra" / "local.env",
                         help="credentials to sign with (SigV4) when the environment has none")
+    target.add_argument("--unit-seconds", type=float, default=None,
+                        help="the stack's TASK_UNIT_SECONDS, for the ideal makespan (default: the "
+                             "environment's, else the env file's, else 1)")
     target.add_argument("--unsigned", action="store_true", help="sign nothing (a target without AWS_IAM)")
     target.add_argument("--sign-submissions", action="store_true",
                         help="sign POST /produce too (the producer's URL with ProducerAuthType AWS_IAM)")
@@ -203,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.save_tasks).write_text(json.dumps(tasks))
     config = {"source": source, "label": args.label, "argv": sys.argv[1:] if argv is None else argv,
               "seed": None if args.replay else args.seed,
-              "repeat_share": None if args.replay else args.repeat_share, "no_cache": args.no_cache}
+              "repeat_share": None if args.replay else args.repeat_share, "no_cache": args.no_cache,
+              "task_unit_seconds": unit_seconds(args.unit_seconds, args.env_file)}
     progress = None if args.no_progress else ProgressBar()
     signer = None if args.unsigned else local_signer(args.env_file)
     started = time.time()

@@ -65,6 +65,11 @@ def format_summary(report: LoadReport, summary: dict[str, Any] | None = None) ->
                      f"{s['throughput']['server_completed']:>9,}"
                      f"{_fmt(s['throughput']['server_window_s'], 2):>11}"
                      f"{_fmt(s['throughput']['server_completed_per_s']):>11}")
+    span = s.get("makespan")
+    if span:
+        lines += ["", f"makespan    {span['makespan_s']:,.2f} s from the first submission to the last task's "
+                      f"end; ideal {span['ideal_s']:,.2f} s ({span['work_s']:,.1f} s of simulated work / "
+                      f"{span['slots']:g} slots): ratio {span['ratio']:.3f}"]
     lines += [
         "",
         f"{'latency (ms)':<28}{'count':>9}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}",
@@ -88,6 +93,8 @@ def format_summary(report: LoadReport, summary: dict[str, Any] | None = None) ->
         "not ended   " + "  ".join(f"{name} {status[name]:,}" for name in NOT_ENDED),
         "cache       " + "  ".join(f"{name} {count:,}" for name, count in s["cache"].items()),
         "per worker  " + ("  ".join(f"{name} {count:,}" for name, count in s["workers"].items()) or "-"),
+        "stolen from " + ("  ".join(f"{name} {count:,}" for name, count in s["stolen"].items()) or "-")
+        + "   (taken from the queue of the worker the round-robin picked, by an idle one)",
         f"requests    {s['requests']['submissions']:,} submissions "
         f"({s['requests']['submit_retries']:,} retries),"
         f" {s['requests']['polls']:,} polls ({s['requests']['poll_errors']:,} errors,"
@@ -188,6 +195,13 @@ def write_chart(report: LoadReport, path: Path, summary: dict[str, Any] | None =
     if line.get("finished_on_server"):
         right.step(ends, line["finished_on_server"], where="pre", color="tab:red", linewidth=1,
                    label="finished on the server per s")
+    span = s.get("makespan")
+    if span:
+        first = min((t.submit_start for t in report.tasks if t.submit_start is not None), default=0.0)
+        right.axvline(first + span["ideal_s"], color="black", linestyle="--", linewidth=1,
+                      label=f"ideal end {span['ideal_s']:,.1f} s (work / slots)")
+        right.axvline(first + span["makespan_s"], color="tab:purple", linestyle=":", linewidth=1.5,
+                      label=f"last task end {span['makespan_s']:,.1f} s (x{span['ratio']:.2f})")
     right.set_xlabel("seconds since start")
     right.set_ylabel("tasks per second")
     totals = right.twinx()

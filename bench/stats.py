@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from bench import makespan
+
 # Outcomes of a task at the end of a run. The first two are "ended"; the others make the run fail.
 ENDED = ("succeeded", "failed")
 NOT_ENDED = ("rejected", "lost", "timeout", "unsubmitted")
@@ -71,6 +73,7 @@ class TaskOutcome:
     # Index of the run's first task with the same task_id, or else the same work (type and
     # payload): the tasks that one computation of this run could answer.
     same_as: int | None = None
+    stolen_from: str | None = None  # the round-robin's pick, when another worker took it (stealing)
 
     @property
     def latency(self) -> float | None:
@@ -128,6 +131,21 @@ class LoadReport:
 def _ms(values: Sequence[float]) -> dict[str, Any]:
     stats = latency_stats([v * 1000 for v in values])
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in stats.items()}
+
+
+def _makespan(report: LoadReport, first: float, final: Sequence[TaskOutcome]) -> dict[str, Any] | None:
+    """From the first submission to the last task's end on the server (its finished_at; the result
+    in hand when the server reports none), against the ideal (bench/makespan.py). None without
+    TASK_UNIT_SECONDS in the config or slots in the server's /workers."""
+    unit = report.config.get("task_unit_seconds")
+    slots = makespan.slots_of(report.server.get("workers"))
+    if unit is None or not slots or not final:
+        return None
+    ends = [t.server_finished_at / 1000 - report.started_at if t.server_finished_at is not None
+            else t.result_at for t in final]
+    computed = [t.complexity for t in final if t.cache in makespan.COMPUTED]
+    return makespan.measure(max(e for e in ends if e is not None) - first, computed, float(unit),
+                            slots).to_json()
 
 
 def worker_label(task: TaskOutcome) -> str:
@@ -231,6 +249,8 @@ def summarize(report: LoadReport) -> dict[str, Any]:
                   **{k: v for k, v in cache.items() if k not in CACHE_OUTCOMES}},
         "done_before": done_before(accepted),
         "workers": dict(sorted(Counter(worker_label(t) for t in final).items())),
+        "stolen": dict(sorted(Counter(t.stolen_from for t in final if t.stolen_from).items())),
+        "makespan": _makespan(report, first, final),
         "not_ended": sum(outcomes.get(name, 0) for name in NOT_ENDED),
         "problems": problems,
         "requests": {"submissions": len(report.requests),

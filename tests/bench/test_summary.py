@@ -148,3 +148,33 @@ def test_tasks_answered_by_work_from_before_the_run_are_counted() -> None:
     assert warning in report.format_summary(_report(mostly_cached), summary)
     # A system that reports no cache outcome is never said to have done nothing.
     assert _report([_answered(None, 0, 0)]).summary()["done_before"]["total"] == 0
+
+
+def test_makespan_against_the_ideal() -> None:
+    """Computed tasks (miss, bypass) make the simulated work; cache hits and coalesced copies do not.
+    The makespan runs from the first submission to the last end on the server."""
+    started = 1000.0
+    tasks = [  # (complexity, cache, submit_start, server_finished_at in epoch ms)
+        TaskOutcome(0, "sleep", 3, "succeeded", "a", 0, 0.5, 0.6, "miss", "queued", 4.0, "w-0",
+                    server_finished_at=(started + 3.6) * 1000),
+        TaskOutcome(1, "sleep", 1, "succeeded", "b", 1, 0.7, 0.8, "bypass", "queued", 2.0, "w-1",
+                    server_finished_at=(started + 1.9) * 1000, stolen_from="w-0"),
+        TaskOutcome(2, "sleep", 3, "succeeded", "a", 2, 0.9, 1.0, "coalesced", "queued", 4.1, "w-0",
+                    server_finished_at=(started + 3.6) * 1000),
+        TaskOutcome(3, "sleep", 5, "succeeded", "c", 3, 1.0, 1.1, "hit", "succeeded", 1.2, ""),
+    ]
+    workers = {"workers": [{"worker_id": "w-0", "concurrency": "1"}, {"worker_id": "w-1", "concurrency": 1}]}
+    result = LoadReport({"tasks": 4, "producer": "http://p/", "results": "http://r/", "concurrency": 2,
+                         "poll_concurrency": 2, "batch": 1, "rate": None, "deadline_s": 10.0,
+                         "task_unit_seconds": 0.5}, started_at=started, elapsed=5.0, tasks=tasks,
+                        requests=[], server={"workers": workers})
+    summary = result.summary()
+    assert summary["makespan"] == {"makespan_s": pytest.approx(3.1), "work_s": 2.0, "slots": 2,
+                                   "ideal_s": 1.0, "ratio": pytest.approx(3.1)}
+    assert summary["stolen"] == {"w-0": 1}
+    text = report.format_summary(result, summary)
+    assert "ideal 1.00 s (2.0 s of simulated work / 2 slots): ratio 3.100" in text
+    assert "stolen from w-0 1" in text
+    # Without the unit or the slots there is no ideal to compare with.
+    assert LoadReport({**result.config, "task_unit_seconds": None}, started, 5.0, tasks, []).summary()[
+        "makespan"] is None
