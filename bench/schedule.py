@@ -2,8 +2,8 @@
 load test's mix and for mixes built to hurt round-robin. Prints one table; writes
 bench/reports/schedule-<time>.json.
 
-    python bench/schedule.py [--unit-seconds 0.25] [--only default,spread,one-long,slow,joins]
-        [--modes stealing,round_robin,shared]
+    python bench/schedule.py [--unit-seconds 0.5] [--only default,spread,one-long,slow,joins]
+        [--modes stealing,round_robin,shared] [--keep DIR]
 
 Each mix is 100 distinct tasks sent with "cache": false (so every one is computed), one per
 request from 16 clients, to a stack of 4 workers x 2 slots (worker_fleet's defaults):
@@ -46,6 +46,7 @@ from worker_fleet.fleet import DEFAULT_CONCURRENCY, DEFAULT_WORKERS  # noqa: E40
 MODES = {"stealing": ("round_robin", "on"), "round_robin": ("round_robin", "off"), "shared": ("shared", "on")}
 MIXES = ("default", "spread", "one-long", "slow", "joins")
 COUNT = 100
+SLOTS = DEFAULT_WORKERS * DEFAULT_CONCURRENCY
 CLIENTS = 16
 
 
@@ -65,6 +66,23 @@ def tasks_for(mix: str) -> list[dict[str, Any]]:
     return [{**task, "cache": False} for task in tasks]
 
 
+def join_at(work: float) -> float:
+    """When the joining worker starts: halfway to the ideal of the full fleet."""
+    return work / SLOTS / 2
+
+
+def ideal_seconds(mix: str, work: float) -> float:
+    """The least time `work` simulated seconds can take on the capacity the mix has: a half-speed
+    worker's slots count one half; a worker that joins adds its slots from join_at on (its start
+    counts against the run)."""
+    if mix == "slow":
+        return work / (SLOTS - DEFAULT_CONCURRENCY / 2)
+    if mix == "joins":
+        at_first, start = SLOTS - DEFAULT_CONCURRENCY, join_at(work)
+        return work / at_first if at_first * start >= work else start + (work - at_first * start) / SLOTS
+    return work / SLOTS
+
+
 @dataclass
 class Fleets:
     """The worker fleets of one run (each a `python -m worker_fleet` with an id prefix of its own)."""
@@ -81,12 +99,15 @@ class Fleets:
             cwd=ROOT, env={**self.stack.env, **env}, stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=terminated_with_parent))
 
-    def wait_live(self, count: int, timeout: float = 30) -> None:
+    def wait_connected(self, count: int, timeout: float = 30) -> None:
+        """Until `count` workers of these fleets consume (their logs' `connected`): /workers would
+        still list the last mix's workers, which had the same ids."""
         deadline = time.monotonic() + timeout
-        while len(self.stack.workers()["workers"]) < count:
+        logs = lambda: self.run_dir.glob("*.log")  # noqa: E731
+        while sum(path.read_text().count('"event":"connected"') for path in logs()) < count:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{count} workers not live after {timeout:g} s")
-            time.sleep(0.2)
+                raise RuntimeError(f"{count} workers not connected after {timeout:g} s")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         for process in self.processes:
@@ -106,25 +127,19 @@ def run_mix(stack: Stack, run_dir: Path, mix: str, stealing: str, unit: float) -
     fleets.run_dir.mkdir(parents=True, exist_ok=True)
     env = {"WORK_STEALING": stealing, "TASK_UNIT_SECONDS": str(unit)}
     work = makespan.simulated_work((t["complexity"] for t in tasks), unit)
-    slots = DEFAULT_WORKERS * DEFAULT_CONCURRENCY
+    ideal = ideal_seconds(mix, work)
     joiner: threading.Timer | None = None
     if mix == "slow":
         fleets.start("w", DEFAULT_WORKERS - 1, **env)
         fleets.start("slow", 1, **{**env, "TASK_UNIT_SECONDS": str(2 * unit)})
-        ideal = work / (slots - DEFAULT_CONCURRENCY / 2)
-        fleets.wait_live(DEFAULT_WORKERS)
+        fleets.wait_connected(DEFAULT_WORKERS)
     elif mix == "joins":
         fleets.start("w", DEFAULT_WORKERS - 1, **env)
-        fleets.wait_live(DEFAULT_WORKERS - 1)
-        at_first = slots - DEFAULT_CONCURRENCY
-        join_at = work / slots / 2  # halfway to the ideal of the full fleet
-        ideal = (work / at_first if at_first * join_at >= work
-                 else join_at + (work - at_first * join_at) / slots)
-        joiner = threading.Timer(join_at, lambda: fleets.start("late", 1, **env))
+        fleets.wait_connected(DEFAULT_WORKERS - 1)
+        joiner = threading.Timer(join_at(work), lambda: fleets.start("late", 1, **env))
     else:
         fleets.start("w", DEFAULT_WORKERS, **env)
-        ideal = work / slots
-        fleets.wait_live(DEFAULT_WORKERS)
+        fleets.wait_connected(DEFAULT_WORKERS)
     try:
         if joiner is not None:
             joiner.start()
@@ -146,17 +161,19 @@ def run_mix(stack: Stack, run_dir: Path, mix: str, stealing: str, unit: float) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--unit-seconds", type=float, default=0.25,
+    parser.add_argument("--unit-seconds", type=float, default=0.5,
                         help="TASK_UNIT_SECONDS of the runs (simulated seconds per unit of complexity)")
     parser.add_argument("--only", default=",".join(MIXES), help="mixes to run, comma-separated")
     parser.add_argument("--modes", default=",".join(MODES), help="modes to run, comma-separated")
+    parser.add_argument("--keep", type=Path, help="keep the stacks' and fleets' logs in this folder")
     args = parser.parse_args(argv)
     mixes = [m for m in args.only.split(",") if m]
     modes = [m for m in args.modes.split(",") if m]
     if unknown := [m for m in mixes if m not in MIXES] + [m for m in modes if m not in MODES]:
         parser.error(f"unknown mix or mode: {', '.join(unknown)}")
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="schedule-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="schedule-") as scratch:
+        tmp = args.keep or Path(scratch)
         for dispatch in dict.fromkeys(MODES[mode][0] for mode in modes):
             run_dir = Path(tmp) / dispatch
             stack = start_stack(run_dir, workers=0, namespace_prefix="bench",
