@@ -13,7 +13,7 @@ import redis
 
 from taskcore.errors import Unavailable
 from taskcore.keys import SHARED, Keys, routing_key_for
-from taskcore.messages import MessageError, Task, TaskResult, TaskSpec, ValidationError
+from taskcore.messages import MAX_COMPLEXITY, MessageError, Task, TaskResult, TaskSpec, ValidationError
 from taskcore.rabbitmq import Broker, BrokerError, PublishError, QueueNotFound, QueueReader
 from taskcore.registry import TASK_TYPES
 from taskcore.settings import Settings
@@ -28,6 +28,17 @@ JANITOR_BATCH = 200
 # tried again; if its queue still does not confirm, one submission waits half its time and the
 # worker is left out again).
 UNCONFIRMED_SECONDS = 60.0
+# A worker holds a message it stole from another's queue (docs/worker_fleet.md, "Work stealing")
+# while the attempt runs, at most its time limit, and a stealer that hangs holds it until the broker
+# drops its connection (heartbeat timeout, 60 s). A message given back must find its queue: so the
+# janitor drains a dead worker's queue at once but deletes it only once the worker has been dead
+# this much longer (a get holds no consumer, so "idle" cannot tell).
+STEAL_HOLD_MARGIN_SECONDS = 60.0
+
+
+def steal_hold_ms(settings: Settings) -> int:
+    """How long after a worker's death a message stolen from its queue may still come back to it."""
+    return int((settings.time_limit(MAX_COMPLEXITY) + STEAL_HOLD_MARGIN_SECONDS) * 1000)
 
 
 def assign_ids(specs: Sequence[TaskSpec]) -> list[TaskSpec]:
@@ -123,12 +134,13 @@ def _undo(store: TaskStore, admissions: Sequence[Admission], now: int) -> None:
 def janitor(settings: Settings, store: TaskStore, broker: Broker,
             now: int | None = None) -> dict[str, Any]:
     """Moves the queued tasks of dead workers to live ones (or the shared queue when none is live),
-    deletes the dead workers' queues and forgets the workers; fails the dead-lettered tasks. Safe to
-    run concurrently with dispatch and to re-run after a crash: a worker is only forgotten once its
-    queue is gone."""
+    deletes the dead workers' queues once no stolen message can come back to them (steal_hold_ms)
+    and forgets those workers; fails the dead-lettered tasks. Safe to run concurrently with
+    dispatch and to re-run after a crash: a worker is only forgotten once its queue is gone."""
     now = now_ms() if now is None else now
     keys = Keys(settings.namespace)
     dead = store.dead_workers(now)
+    dead_long_enough = set(store.dead_workers(now - steal_hold_ms(settings)))
     live = store.live_workers(now)
     report: dict[str, Any] = {"dead": dead, "moved": {}, "removed": [], "kept": []}
     for worker in dead:
@@ -140,7 +152,7 @@ def janitor(settings: Settings, store: TaskStore, broker: Broker,
                 report["removed"] += store.forget_workers([worker], now)
                 continue
             moved = _drain(queue, live, store, broker)
-            deleted = broker.delete_if_idle(queue)
+            deleted = worker in dead_long_enough and broker.delete_if_idle(queue)
         except BrokerError as error:
             log.warning("janitor: could not move %s: %r", queue, error)
             report["kept"].append(worker)

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from taskcore.dispatch import janitor, stats, submit, worker_report
+from taskcore.dispatch import janitor, stats, steal_hold_ms, submit, worker_report
 from taskcore.errors import Unavailable
 from taskcore.keys import Keys
 from taskcore.messages import Task, TaskResult, TaskSpec
@@ -116,7 +116,8 @@ def test_janitor_moves_a_dead_workers_queue_to_live_workers(ns: Namespace, store
 
     report = janitor(ns.settings, store, broker, later)
 
-    assert report["dead"] == ["dead"] and report["removed"] == ["dead"]
+    # Drained at once; deleted once no message stolen from it can come back (steal_hold_ms).
+    assert report["dead"] == ["dead"] and report["kept"] == ["dead"]
     assert report["moved"] == {"dead": {"w1": 3, "w2": 3}}
     on_w1 = [t.task_id for t in drain(channel, ns.keys.worker_queue("w1"))]
     on_w2 = [t.task_id for t in drain(channel, ns.keys.worker_queue("w2"))]
@@ -125,6 +126,11 @@ def test_janitor_moves_a_dead_workers_queue_to_live_workers(ns: Namespace, store
     for task_id in on_w1[1:] if "t0" in on_w1 else on_w1:
         assert store.get(task_id)["worker_id"] == "w1"
     assert store.get("t0")["worker_id"] == "dead"
+    later += steal_hold_ms(ns.settings)
+    beat(store, "w1", later)
+    beat(store, "w2", later)
+    report = janitor(ns.settings, store, broker, later)
+    assert report["removed"] == ["dead"] and report["moved"] == {}
     with pytest.raises(Exception):  # noqa: B017 - the queue is gone (404 closes the channel)
         channel.queue_declare(ns.keys.worker_queue("dead"), passive=True)
     assert store.dead_workers(later) == [] and store.live_workers(later) == ["w1", "w2"]
@@ -235,5 +241,8 @@ def test_janitor_keeps_the_queue_of_a_worker_still_connected(ns: Namespace, stor
         {"z0", "z1", "z2"} - set(held))
     zombie.close()  # the held task goes back to the zombie's queue; the next run moves it
     report = janitor(ns.settings, store, broker, later)
-    assert report["moved"] == {"zombie": {"w1": 1}} and report["removed"] == ["zombie"]
+    assert report["moved"] == {"zombie": {"w1": 1}} and report["kept"] == ["zombie"]
+    later += steal_hold_ms(ns.settings)
+    beat(store, "w1", later)
+    assert janitor(ns.settings, store, broker, later)["removed"] == ["zombie"]
     assert [t.task_id for t in drain(channel, ns.keys.worker_queue("w1"))] == held

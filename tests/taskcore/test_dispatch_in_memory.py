@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from taskcore.dispatch import UNCONFIRMED_SECONDS, janitor, stats, submit, worker_report
+from taskcore.dispatch import UNCONFIRMED_SECONDS, janitor, stats, steal_hold_ms, submit, worker_report
 from taskcore.errors import Unavailable
 from taskcore.messages import Task, TaskSpec
 from taskcore.rabbitmq import BrokerError, Delivery
@@ -94,16 +94,48 @@ def test_janitor_moves_a_dead_workers_queue_deletes_it_and_forgets_the_worker(
 
     report = janitor(settings, store, broker, later)
 
-    assert report["dead"] == ["dead"] and report["removed"] == ["dead"] and report["kept"] == []
+    # Drained at once, but kept while a message stolen from it could still come back (steal_hold_ms).
+    assert report["dead"] == ["dead"] and report["removed"] == [] and report["kept"] == ["dead"]
     assert report["moved"] == {"dead": {"w1": 3, "w2": 3}}
     on_w1, on_w2 = task_ids(broker, keys.worker_queue("w1")), task_ids(broker, keys.worker_queue("w2"))
     assert sorted(on_w1 + on_w2) == [f"t{i}" for i in range(6)] and len(on_w1) == 3
     assert Counter(store.get(f"t{i}")["worker_id"] for i in range(6)) == {"w1": 3, "w2": 3}
-    assert broker.depths([keys.worker_queue("dead")]) == {keys.worker_queue("dead"): None}
+    assert broker.depths([keys.worker_queue("dead")]) == {keys.worker_queue("dead"): 0}
     # the unparseable message was dead-lettered on the way, not moved
     [dead] = take(broker, keys.tasks_dead_queue)
     assert dead.body == b"not a task" and dead.headers["x-death"][0]["reason"] == "rejected"
-    assert store.dead_workers(later) == [] and janitor(settings, store, broker, later)["dead"] == []
+    gone = later + steal_hold_ms(settings)
+    for worker in ("w1", "w2"):
+        beat(store, worker, gone)
+    report = janitor(settings, store, broker, gone)
+    assert report["removed"] == ["dead"] and report["moved"] == {}
+    assert broker.depths([keys.worker_queue("dead")]) == {keys.worker_queue("dead"): None}
+    assert store.dead_workers(gone) == [] and janitor(settings, store, broker, gone)["dead"] == []
+
+
+def test_a_message_stolen_from_a_dead_workers_queue_comes_back_to_the_queue_the_janitor_kept(
+        redis_ns: Namespace, store: TaskStore, broker: MemoryBroker) -> None:
+    """A thief holds a message it got from a worker's queue with a get, which makes it no consumer
+    of that queue: had the janitor deleted the drained queue, the message would be lost when the
+    thief died. It keeps the queue for steal_hold_ms, so a later run moves what comes back."""
+    settings, keys, now = redis_ns.settings, redis_ns.keys, now_ms()
+    broker.declare(["dead", "thief"])
+    beat(store, "dead", now)
+    submit([spec(40 + i, f"s{i}") for i in range(2)], settings, store, broker, now)
+    thief = broker.open_consumer("thief")
+    stolen = thief.steal(keys.worker_queue("dead"), 1)
+    assert stolen is not None
+    later = now + int(settings.worker_ttl * 1000) + 1
+    beat(store, "thief", later)
+    report = janitor(settings, store, broker, later)
+    assert report["moved"] == {"dead": {"thief": 1}} and report["kept"] == ["dead"]
+    thief.close()  # dies holding it: back to the dead worker's queue, still there
+    report = janitor(settings, store, broker, later)
+    assert report["moved"] == {"dead": {"thief": 1}}
+    assert sorted(task_ids(broker, keys.worker_queue("thief"))) == ["s0", "s1"]
+    gone = later + steal_hold_ms(settings)
+    beat(store, "thief", gone)
+    assert janitor(settings, store, broker, gone)["removed"] == ["dead"]
 
 
 def test_janitor_keeps_the_queue_of_a_worker_still_connected_until_it_lets_go(
@@ -126,8 +158,10 @@ def test_janitor_keeps_the_queue_of_a_worker_still_connected_until_it_lets_go(
     assert sorted(task_ids(broker, keys.shared_queue)) == sorted({"z0", "z1", "z2"} - {held_id})
     zombie.close()  # the held task goes back to the zombie's queue; the next run moves it
     report = janitor(settings, store, broker, later)
-    assert report["moved"] == {"zombie": {"shared": 1}} and report["removed"] == ["zombie"]
+    assert report["moved"] == {"zombie": {"shared": 1}} and report["kept"] == ["zombie"]
     assert task_ids(broker, keys.shared_queue) == [held_id]
+    report = janitor(settings, store, broker, later + steal_hold_ms(settings))
+    assert report["moved"] == {} and report["removed"] == ["zombie"]
 
 
 def test_janitor_fails_a_task_the_broker_dead_lettered_after_its_delivery_limit(
