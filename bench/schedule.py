@@ -28,7 +28,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,14 +70,14 @@ def join_at(work: float) -> float:
     return work / SLOTS / 2
 
 
-def ideal_seconds(mix: str, work: float) -> float:
+def ideal_seconds(mix: str, work: float, joined: float | None = None) -> float:
     """The least time `work` simulated seconds can take on the capacity the mix has: a half-speed
-    worker's slots count one half; a worker that joins adds its slots from join_at on (its start
-    counts against the run)."""
+    worker's slots count one half; a worker that joins adds its slots from `joined` seconds after
+    the first submission on (when it was started: its boot counts against the run)."""
     if mix == "slow":
         return work / (SLOTS - DEFAULT_CONCURRENCY / 2)
     if mix == "joins":
-        at_first, start = SLOTS - DEFAULT_CONCURRENCY, join_at(work)
+        at_first, start = SLOTS - DEFAULT_CONCURRENCY, max(0.0, join_at(work) if joined is None else joined)
         return work / at_first if at_first * start >= work else start + (work - at_first * start) / SLOTS
     return work / SLOTS
 
@@ -91,12 +90,16 @@ class Fleets:
     run_dir: Path
     processes: list[subprocess.Popen[bytes]]
 
-    def start(self, prefix: str, workers: int, **env: str) -> None:
+    def start(self, prefix: str, workers: int, delay: float = 0.0, **env: str) -> None:
+        """Starts a fleet now, or `delay` seconds from now (a shell sleeps first: the process must
+        be started from the main thread, as terminated_with_parent says)."""
         log = (self.run_dir / f"fleet-{prefix}.log").open("ab")
+        command = [sys.executable, "-m", "worker_fleet", "--workers", str(workers), "--concurrency",
+                   str(DEFAULT_CONCURRENCY), "--id-prefix", prefix, "--grace", "5"]
+        if delay:
+            command = ["sh", "-c", f'sleep {delay:.3f} && exec "$@"', "sh", *command]
         self.processes.append(subprocess.Popen(
-            [sys.executable, "-m", "worker_fleet", "--workers", str(workers), "--concurrency",
-             str(DEFAULT_CONCURRENCY), "--id-prefix", prefix, "--grace", "5"],
-            cwd=ROOT, env={**self.stack.env, **env}, stdout=log, stderr=subprocess.STDOUT,
+            command, cwd=ROOT, env={**self.stack.env, **env}, stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=terminated_with_parent))
 
     def wait_connected(self, count: int, timeout: float = 30) -> None:
@@ -127,8 +130,7 @@ def run_mix(stack: Stack, run_dir: Path, mix: str, stealing: str, unit: float) -
     fleets.run_dir.mkdir(parents=True, exist_ok=True)
     env = {"WORK_STEALING": stealing, "TASK_UNIT_SECONDS": str(unit)}
     work = makespan.simulated_work((t["complexity"] for t in tasks), unit)
-    ideal = ideal_seconds(mix, work)
-    joiner: threading.Timer | None = None
+    joins_at: float | None = None  # epoch seconds
     if mix == "slow":
         fleets.start("w", DEFAULT_WORKERS - 1, **env)
         fleets.start("slow", 1, **{**env, "TASK_UNIT_SECONDS": str(2 * unit)})
@@ -136,24 +138,24 @@ def run_mix(stack: Stack, run_dir: Path, mix: str, stealing: str, unit: float) -
     elif mix == "joins":
         fleets.start("w", DEFAULT_WORKERS - 1, **env)
         fleets.wait_connected(DEFAULT_WORKERS - 1)
-        joiner = threading.Timer(join_at(work), lambda: fleets.start("late", 1, **env))
+        fleets.start("late", 1, delay=join_at(work), **env)
+        joins_at = time.time() + join_at(work)
     else:
         fleets.start("w", DEFAULT_WORKERS, **env)
         fleets.wait_connected(DEFAULT_WORKERS)
     try:
-        if joiner is not None:
-            joiner.start()
+        # Warm-up: the functions' environments started first (not timed), as a stack in use has them.
         result = run_loop(driver.run_load(tasks, stack.producer, stack.supervisor, concurrency=CLIENTS,
-                                          deadline=600, signer=stack.signer))
+                                          deadline=600, signer=stack.signer, warmup=True))
     finally:
-        if joiner is not None:
-            joiner.cancel()
         fleets.stop()
     summary = result.summary()
     first = min(t.submit_start for t in result.tasks if t.submit_start is not None)
     ends = [t.server_finished_at / 1000 - result.started_at for t in result.tasks
             if t.server_finished_at is not None]
     span = max(ends) - first if ends else float("nan")
+    joined = None if joins_at is None else joins_at - (result.started_at + first)
+    ideal = ideal_seconds(mix, work, joined)
     return {"mix": mix, "ok": summary["ok"], "makespan_s": round(span, 3), "ideal_s": round(ideal, 3),
             "work_s": round(work, 3), "ratio": round(span / ideal, 4), "ran": summary["workers"],
             "stolen_from": summary["stolen"]}

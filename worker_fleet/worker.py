@@ -46,8 +46,11 @@ DEFAULT_GRACE_SECONDS = 30.0
 # little (4 workers: 12 gets a second); the end of a task brings it back to STEAL_AFTER_SECONDS.
 STEAL_AFTER_SECONDS = 0.05
 STEAL_MAX_PAUSE_SECONDS = 1.0
-# A get unanswered this long is given up (a quorum queue without a leader never answers).
+# A get unanswered this long is given up (a quorum queue without a leader never answers), and that
+# queue is left alone for STEAL_SKIP_SECONDS, so that the connection thread does not block on it
+# every round.
 STEAL_TIMEOUT_SECONDS = 1.0
+STEAL_SKIP_SECONDS = 60.0
 
 
 class WorkerState(StrEnum):
@@ -94,6 +97,7 @@ class Worker:
         self._steal_pause = STEAL_AFTER_SECONDS
         self._steal_at = 0.0  # time.monotonic() of the next steal round
         self._steal_turn = 0  # the peer a round starts with, so that no worker is always robbed first
+        self._steal_skip: dict[str, float] = {}  # peer -> time.monotonic() until its queue is left alone
 
     # Lifecycle ----------------------------------------------------------------------------------
 
@@ -331,17 +335,23 @@ class Worker:
                 or self._free_slots() <= 0 or time.monotonic() < self._steal_at):
             return
         live = self._heartbeat.live if self._heartbeat is not None else ()
-        peers = [worker for worker in live if worker != self.worker_id]
+        now = time.monotonic()
+        peers = [worker for worker in live
+                 if worker != self.worker_id and self._steal_skip.get(worker, 0.0) <= now]
         self._steal_turn += 1
         stolen = 0
         for index in range(len(peers)):
             peer = peers[(self._steal_turn + index) % len(peers)]
             while self._free_slots() > 0:
+                asked = time.monotonic()
                 try:
                     delivery = consumer.steal(self.keys.worker_queue(peer), STEAL_TIMEOUT_SECONDS)
                 except QueueNotFound:  # reaped since the heartbeat looked
                     break
                 if delivery is None:
+                    if time.monotonic() - asked >= STEAL_TIMEOUT_SECONDS:
+                        log("steal_timeout", worker_id=self.worker_id, peer=peer, skip_for=STEAL_SKIP_SECONDS)
+                        self._steal_skip[peer] = time.monotonic() + STEAL_SKIP_SECONDS
                     break
                 stolen += 1
                 self._on_delivery(delivery, stolen_from=peer)
