@@ -42,8 +42,10 @@ DEFAULT_GRACE_SECONDS = 30.0
 # Work stealing (docs/worker_fleet.md): a slot left free this long, with nothing of the worker's own
 # arriving for it, takes a task queued for another worker. Its own queue goes first: the broker
 # delivers the next of its own within a round trip of the ack. A round that finds nothing doubles
-# the pause before the next, up to STEAL_MAX_PAUSE_SECONDS, so that an idle fleet asks the broker
-# little (4 workers: 12 gets a second); the end of a task brings it back to STEAL_AFTER_SECONDS.
+# the pause before the next, up to STEAL_MAX_PAUSE_SECONDS, and only a round that finds something
+# shortens it again: a fleet that keeps up with its load (slots idle between short tasks, every
+# queue empty) asks the broker little (4 workers: 12 gets a second). Resetting it whenever a task
+# ended cost the speed benchmark a tenth of its CPU per task, in gets that found nothing.
 STEAL_AFTER_SECONDS = 0.05
 STEAL_MAX_PAUSE_SECONDS = 1.0
 # A get unanswered this long is given up (a quorum queue without a leader never answers), and that
@@ -95,7 +97,8 @@ class Worker:
         self._processed = Tally()  # attempts ended, for the heartbeat's `processed`
         self._heartbeat: Heartbeat | None = None
         self._steal_pause = STEAL_AFTER_SECONDS
-        self._steal_at = 0.0  # time.monotonic() of the next steal round
+        self._steal_at = 0.0  # time.monotonic() before which no steal round starts (the pause)
+        self._idle_since: float | None = None  # since when a slot has been free
         self._steal_turn = 0  # the peer a round starts with, so that no worker is always robbed first
         self._steal_skip: dict[str, float] = {}  # peer -> time.monotonic() until its queue is left alone
 
@@ -157,7 +160,7 @@ class Worker:
         consumer.consume(self.keys.shared_queue, self.concurrency, self._on_delivery)
         log("connected", worker_id=self.worker_id, pid=os.getpid())
         self._backoff.reset()
-        self._steal_at = time.monotonic() + STEAL_AFTER_SECONDS  # what is queued for it comes first
+        self._idle_since = None  # what is queued for it comes first
         while not self._stopping.is_set():
             # Returns as soon as it dispatched something; what those callbacks settled is then
             # published as one batch.
@@ -299,7 +302,6 @@ class Worker:
                     log(plan.event, worker_id=self.worker_id, task_id=job.task.task_id, **plan.fields)
                 consumer.ack(job.tag)  # goes out with the next poll, without a round trip of its own
                 del self._running[job.tag]
-                self._steal_soon()
             else:
                 job.publish_failures += 1
                 delay = REPUBLISH.pause(job.publish_failures)
@@ -315,24 +317,29 @@ class Worker:
     def _free_slots(self) -> int:
         return self.concurrency - len(self._running) - len(self._waiting)
 
-    def _steal_soon(self) -> None:
-        """A slot was freed: if nothing of its own comes for it, it steals after STEAL_AFTER_SECONDS."""
-        self._steal_pause = STEAL_AFTER_SECONDS
-        self._steal_at = min(self._steal_at, time.monotonic() + STEAL_AFTER_SECONDS)
+    def _next_steal(self) -> float | None:
+        """time.monotonic() of the next steal round, or None while every slot is taken: a slot must
+        have been free STEAL_AFTER_SECONDS (its own queue first), and the pause be over."""
+        if not self.settings.work_stealing or self._free_slots() <= 0:
+            self._idle_since = None
+            return None
+        if self._idle_since is None:
+            self._idle_since = time.monotonic()
+        return max(self._steal_at, self._idle_since + STEAL_AFTER_SECONDS)
 
     def _poll_seconds(self) -> float:
-        if not self.settings.work_stealing or self._free_slots() <= 0:
-            return POLL_SECONDS
-        return min(POLL_SECONDS, max(0.0, self._steal_at - time.monotonic()))
+        due = self._next_steal()
+        return POLL_SECONDS if due is None else min(POLL_SECONDS, max(0.0, due - time.monotonic()))
 
     def _steal(self) -> None:
         """With slots free and the pause over, takes tasks from the queues of the other live workers
         (those the heartbeat last saw), one get at a time, until the slots are full or the queues
         empty. A stolen message stays unacked until its outcome is confirmed, as any other; if this
         worker dies first, it goes back to the queue it came from."""
-        consumer = self._consumer
-        if (not self.settings.work_stealing or consumer is None or self.state is not WorkerState.CONSUMING
-                or self._free_slots() <= 0 or time.monotonic() < self._steal_at):
+        consumer, due = self._consumer, self._next_steal()
+        if due is None or time.monotonic() < due:
+            return
+        if consumer is None or self.state is not WorkerState.CONSUMING:
             return
         live = self._heartbeat.live if self._heartbeat is not None else ()
         now = time.monotonic()
