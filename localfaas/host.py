@@ -266,10 +266,13 @@ class Host:
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(0.5)
-            self.logs.summarize(self._environment_counts)
-            self.logs.flush()
-            for pool in self._pools.values():
-                await pool.reap_idle(self.config.idle_seconds)
+            try:
+                self.logs.summarize(self._environment_counts)
+                self.logs.flush()
+                for pool in self._pools.values():
+                    await pool.reap_idle(self.config.idle_seconds)
+            except Exception as error:  # one failure must not stop the log flushes and the reaping
+                self.logs.host(f"housekeeping failed: {error!r}")
 
     def _environment_counts(self) -> dict[str, int]:
         return {name: pool.counts()["environments"] for name, pool in self._pools.items()}
