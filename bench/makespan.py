@@ -9,6 +9,7 @@ a schedule that keeps every slot busy until the work runs out comes within a tas
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,3 +55,18 @@ def slots_of(workers_report: dict[str, Any] | None) -> int:
         except (TypeError, ValueError):
             continue
     return total
+
+
+def list_schedule(durations: Sequence[float], speeds: Sequence[float]) -> float:
+    """The makespan when every slot, the moment it is free, starts the next duration of the list
+    (a slot of speed s takes d / s): what a perfect first-in-first-out dispatcher reaches with every
+    task queued at once. Sorted longest first, the list gives the longest-first schedule."""
+    free = [(0.0, index) for index in range(len(speeds))]
+    heapq.heapify(free)
+    end = 0.0
+    for duration in durations:
+        at, index = heapq.heappop(free)
+        at += duration / speeds[index]
+        end = max(end, at)
+        heapq.heappush(free, (at, index))
+    return end

@@ -82,6 +82,21 @@ def ideal_seconds(mix: str, work: float, joined: float | None = None) -> float:
     return work / SLOTS
 
 
+def bounds(mix: str, tasks: list[dict[str, Any]], unit: float) -> dict[str, float | None]:
+    """What a perfect dispatcher would reach on this list, over the ideal: first in, first out (every
+    slot starting the next task the moment it is free) and longest first. None for `joins`, whose
+    capacity changes during the run."""
+    if mix == "joins":
+        return {"fifo_bound": None, "longest_first_bound": None}
+    halved = DEFAULT_CONCURRENCY if mix == "slow" else 0  # the half-speed worker's slots
+    speeds = [1.0] * (SLOTS - halved) + [0.5] * halved
+    durations = [task["complexity"] * unit for task in tasks]
+    ideal = ideal_seconds(mix, sum(durations))
+    return {"fifo_bound": round(makespan.list_schedule(durations, speeds) / ideal, 4),
+            "longest_first_bound": round(makespan.list_schedule(sorted(durations, reverse=True), speeds)
+                                         / ideal, 4)}
+
+
 @dataclass
 class Fleets:
     """The worker fleets of one run (each a `python -m worker_fleet` with an id prefix of its own)."""
@@ -158,7 +173,7 @@ def run_mix(stack: Stack, run_dir: Path, mix: str, stealing: str, unit: float) -
     ideal = ideal_seconds(mix, work, joined)
     return {"mix": mix, "ok": summary["ok"], "makespan_s": round(span, 3), "ideal_s": round(ideal, 3),
             "work_s": round(work, 3), "ratio": round(span / ideal, 4), "ran": summary["workers"],
-            "stolen_from": summary["stolen"]}
+            "stolen_from": summary["stolen"], **bounds(mix, tasks, unit)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,12 +219,17 @@ def format_table(rows: list[dict[str, Any]], modes: list[str], mixes: list[str],
     by = {(row["mode"], row["mix"]): row for row in rows}
     lines = [f"makespan / ideal, {COUNT} tasks per mix, {DEFAULT_WORKERS} workers x {DEFAULT_CONCURRENCY} "
              f"slots, TASK_UNIT_SECONDS={unit:g} (goal: at most 1.05 with stealing)",
-             f"{'mix':<10}{'ideal s':>9}" + "".join(f"{mode:>14}" for mode in modes)]
+             f"{'mix':<10}{'ideal s':>9}" + "".join(f"{mode:>14}" for mode in modes)
+             + f"{'FIFO bound':>13}{'longest 1st':>13}"]
     for mix in mixes:
-        ideal = next((row["ideal_s"] for row in rows if row["mix"] == mix), None)
+        row = next((row for row in rows if row["mix"] == mix), None)
         cells = [by.get((mode, mix)) for mode in modes]
-        lines.append(f"{mix:<10}{ideal if ideal is not None else '-':>9}" + "".join(
-            f"{cell['ratio']:>14.3f}" if cell else f"{'-':>14}" for cell in cells))
+        limits = [row.get(key) if row else None for key in ("fifo_bound", "longest_first_bound")]
+        lines.append(f"{mix:<10}{row['ideal_s'] if row else '-':>9}" + "".join(
+            f"{cell['ratio']:>14.3f}" if cell else f"{'-':>14}" for cell in cells)
+            + "".join(f"{limit:>13.3f}" if limit is not None else f"{'-':>13}" for limit in limits))
+    lines.append("FIFO bound / longest 1st: a perfect dispatcher on the same list, every slot starting the "
+                 "next task (or the longest waiting) the moment it is free")
     return "\n".join(lines)
 
 
