@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import driver, makespan, report, workload  # noqa: E402
+from bench import driver, makespan, report, stats, workload  # noqa: E402
 from bench.load_test import run_loop  # noqa: E402
 from taskfaas.stack import Stack, start_stack, stop_stack, terminated_with_parent  # noqa: E402
 from worker_fleet.fleet import DEFAULT_CONCURRENCY, DEFAULT_WORKERS  # noqa: E402
@@ -166,9 +166,8 @@ def run_mix(stack: Stack, run_dir: Path, mix: str, stealing: str, unit: float) -
         fleets.stop()
     summary = result.summary()
     first = min(t.submit_start for t in result.tasks if t.submit_start is not None)
-    ends = [t.server_finished_at / 1000 - result.started_at for t in result.tasks
-            if t.server_finished_at is not None]
-    span = max(ends) - first if ends else float("nan")
+    span = stats.makespan_seconds(result)
+    span = float("nan") if span is None else span
     joined = None if joins_at is None else joins_at - (result.started_at + first)
     ideal = ideal_seconds(mix, work, joined)
     return {"mix": mix, "ok": summary["ok"], "makespan_s": round(span, 3), "ideal_s": round(ideal, 3),

@@ -133,19 +133,28 @@ def _ms(values: Sequence[float]) -> dict[str, Any]:
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in stats.items()}
 
 
-def _makespan(report: LoadReport, first: float, final: Sequence[TaskOutcome]) -> dict[str, Any] | None:
+def makespan_seconds(report: LoadReport) -> float | None:
     """From the first submission to the last task's end on the server (its finished_at; the result
-    in hand when the server reports none), against the ideal (bench/makespan.py). None without
-    TASK_UNIT_SECONDS in the config or slots in the server's /workers."""
-    unit = report.config.get("task_unit_seconds")
-    slots = makespan.slots_of(report.server.get("workers"))
-    if unit is None or not slots or not final:
+    in hand when the server reports none), for the tasks that ended; None when none did."""
+    final = [t for t in report.tasks if t.outcome in ENDED and t.result_at is not None]
+    starts = [t.submit_start for t in report.tasks if t.submit_start is not None]
+    if not final or not starts:
         return None
     ends = [t.server_finished_at / 1000 - report.started_at if t.server_finished_at is not None
             else t.result_at for t in final]
+    return max(e for e in ends if e is not None) - min(starts)
+
+
+def _makespan(report: LoadReport, final: Sequence[TaskOutcome]) -> dict[str, Any] | None:
+    """makespan_seconds against the ideal (bench/makespan.py). None without TASK_UNIT_SECONDS in the
+    config or slots in the server's /workers."""
+    unit = report.config.get("task_unit_seconds")
+    slots = makespan.slots_of(report.server.get("workers"))
+    span = makespan_seconds(report)
+    if unit is None or not slots or span is None:
+        return None
     computed = [t.complexity for t in final if t.cache in makespan.COMPUTED]
-    return makespan.measure(max(e for e in ends if e is not None) - first, computed, float(unit),
-                            slots).to_json()
+    return makespan.measure(span, computed, float(unit), slots).to_json()
 
 
 def worker_label(task: TaskOutcome) -> str:
@@ -250,7 +259,7 @@ def summarize(report: LoadReport) -> dict[str, Any]:
         "done_before": done_before(accepted),
         "workers": dict(sorted(Counter(worker_label(t) for t in final).items())),
         "stolen": dict(sorted(Counter(t.stolen_from for t in final if t.stolen_from).items())),
-        "makespan": _makespan(report, first, final),
+        "makespan": _makespan(report, final),
         "not_ended": sum(outcomes.get(name, 0) for name in NOT_ENDED),
         "problems": problems,
         "requests": {"submissions": len(report.requests),
